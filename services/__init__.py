@@ -1,0 +1,6 @@
+"""The city's services. Each registers here as ``name -> "module:attribute"`` of its Service.
+
+``cardless up`` starts every service listed; ``CARDLESS_SERVICES`` narrows or extends the list.
+"""
+
+REGISTRY: dict[str, str] = {}

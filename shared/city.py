@@ -1,0 +1,181 @@
+"""``cardless up``: the whole city on one machine.
+
+Starts embedded Valkey and PostgreSQL when no ``REDIS_URL`` / ``DATABASE_URL`` is given, applies
+every service's migrations, starts each service as its own OS process (``cardless serve``), waits
+until each answers ``/readyz``, prints where everything is, and on Ctrl-C or SIGTERM stops the
+services first (they drain requests and acknowledge what they applied), then the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from shared import service as services
+from shared.config import Env
+from shared.embedded import EmbeddedServers
+
+READY_TIMEOUT_S = 60.0
+
+
+class StartError(Exception):
+    """The city could not start; one line saying why."""
+
+
+@dataclass(frozen=True)
+class Servers:
+    redis_url: str
+    database_url: str
+
+
+@contextlib.contextmanager
+def servers(
+    data_dir: Path, appendfsync: Literal["everysec", "always"], environ: Mapping[str, str]
+) -> Iterator[Servers]:
+    """The servers in the environment, or embedded ones kept in ``data_dir``."""
+    env = Env(environ)
+    redis_url = environ.get("REDIS_URL") and env.url("REDIS_URL", ("redis", "rediss", "unix"))
+    database_url = environ.get("DATABASE_URL") and env.url(
+        "DATABASE_URL", ("postgresql", "postgres")
+    )
+    if redis_url and database_url:
+        yield Servers(redis_url, database_url)
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with EmbeddedServers(data_dir, appendfsync=appendfsync) as embedded:
+        yield Servers(redis_url or embedded.valkey.url, database_url or embedded.postgres.url)
+
+
+def up(
+    data_dir: Path, appendfsync: Literal["everysec", "always"], environ: Mapping[str, str]
+) -> int:
+    """Run the city until a signal; 0 after a clean stop."""
+    stop = _stop_on_signals()
+    names = services.selected(environ)
+    chosen = [services.load(name) for name in names]
+    with servers(data_dir, appendfsync, environ) as urls:
+        print(f"redis: {urls.redis_url}", flush=True)
+        print(f"postgres: {urls.database_url}", flush=True)
+        asyncio.run(_migrate_all(chosen, urls.database_url))
+        procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        try:
+            for name in names:
+                procs[name] = _spawn(name, urls, environ)
+            for name, (proc, url) in procs.items():
+                _wait_ready(name, proc, url, stop)
+                print(f"{name}: {url}", flush=True)
+            print(f"ready: {len(procs)} service(s); Ctrl-C to stop", flush=True)
+            return _supervise(procs, stop)
+        finally:
+            _terminate(procs)
+
+
+async def _migrate_all(chosen: list[services.Service], database_url: str) -> None:
+    for service in chosen:
+        await services.migrate(service, database_url)
+
+
+def _spawn(
+    name: str, urls: Servers, environ: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port() if name != "gateway" else Env(environ).integer("GATEWAY_PORT", 8080)
+    env = {
+        **environ,
+        "REDIS_URL": urls.redis_url,
+        "DATABASE_URL": urls.database_url,
+        "PORT": str(port),
+        "HOST": "127.0.0.1",
+    }
+    # Own session: a terminal's Ctrl-C reaches only us, and we stop services in order.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "serve", name], env=env, start_new_session=True
+    )
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(name: str, proc: subprocess.Popen[bytes], url: str, stop: threading.Event) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stop.is_set():
+        if proc.poll() is not None:
+            raise StartError(
+                f"service {name} exited with code {proc.returncode} while "
+                "starting; its log is above"
+            )
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{url}/readyz", timeout=2) as response,  # noqa: S310
+        ):
+            if response.status == 200:
+                return
+        stop.wait(0.2)
+    if not stop.is_set():
+        raise StartError(
+            f"service {name} was not ready at {url}/readyz within {READY_TIMEOUT_S:.0f}s"
+        )
+
+
+def _supervise(
+    procs: Mapping[str, tuple[subprocess.Popen[bytes], str]], stop: threading.Event
+) -> int:
+    while not stop.wait(0.5):
+        for name, (proc, _) in procs.items():
+            if proc.poll() is not None:
+                print(
+                    f"service {name} exited with code {proc.returncode}; stopping the city",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                return 1
+    return 0
+
+
+def _terminate(procs: Mapping[str, tuple[subprocess.Popen[bytes], str]]) -> None:
+    """SIGTERM every service, then wait: each drains requests and acknowledges its batch."""
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, (proc, _) in procs.items():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            print(f"service {name} did not stop in 30s; killing it", file=sys.stderr)
+            proc.kill()
+            proc.wait()
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGTERM, handle)
+    return stop
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get("CARDLESS_DATA_DIR", ".cardless"))
+
+
+def env_appendfsync(environ: Mapping[str, str]) -> Literal["everysec", "always"]:
+    value = Env(environ).choice("REDIS_APPENDFSYNC", ("everysec", "always"), "everysec")
+    return "always" if value == "always" else "everysec"

@@ -1,0 +1,122 @@
+"""Settings from the environment: frozen dataclasses, validated once at start.
+
+A bad value fails with one line naming the variable and what it expects, e.g.
+``BUS_PARTITIONS: expected an integer >= 1, got 'many'``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message is one line for the operator."""
+
+
+class Env:
+    """Typed, validating reads of environment variables."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def text(self, name: str, default: str | None = None) -> str:
+        value = self._environ.get(name, "").strip() or default
+        if value is None:
+            raise ConfigError(f"{name}: required, but not set")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+        raw = self._environ.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise ConfigError(f"{name}: expected an integer >= {minimum}, got {raw!r}")
+        return value
+
+    def url(self, name: str, schemes: tuple[str, ...], default: str | None = None) -> str:
+        value = self.text(name, default)
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not (parts.hostname or parts.path):
+            expected = " or ".join(f"{s}://host:port/..." for s in schemes)
+            raise ConfigError(f"{name}: expected a URL like {expected}, got {_redact(value)!r}")
+        return value
+
+    def choice(self, name: str, options: tuple[str, ...], default: str) -> str:
+        value = self.text(name, default).lower()
+        if value not in options:
+            raise ConfigError(f"{name}: expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+
+def _redact(url: str) -> str:
+    """Hide a password in a URL before it reaches an error message."""
+    parts = urlsplit(url)
+    if parts.password:
+        return url.replace(f":{parts.password}@", ":***@")
+    return url
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """How events flow: partitions per stream, delivery limits, batching, leases."""
+
+    namespace: str = "cardless"
+    partitions: int = 4
+    max_deliveries: int = 5
+    batch_size: int = 256
+    block_ms: int = 1000
+    lease_ms: int = 10_000
+    claim_idle_ms: int = 30_000
+    retention_hours: int = 168
+
+    @classmethod
+    def from_env(cls, env: Env) -> BusConfig:
+        return cls(
+            namespace=env.text("CARDLESS_NAMESPACE", cls.namespace),
+            partitions=env.integer("BUS_PARTITIONS", cls.partitions, minimum=1),
+            max_deliveries=env.integer("BUS_MAX_DELIVERIES", cls.max_deliveries, minimum=1),
+            batch_size=env.integer("BUS_BATCH_SIZE", cls.batch_size, minimum=1),
+            block_ms=env.integer("BUS_BLOCK_MS", cls.block_ms, minimum=1),
+            lease_ms=env.integer("BUS_LEASE_MS", cls.lease_ms, minimum=100),
+            claim_idle_ms=env.integer("BUS_CLAIM_IDLE_MS", cls.claim_idle_ms, minimum=1),
+            retention_hours=env.integer("BUS_RETENTION_HOURS", cls.retention_hours, minimum=1),
+        )
+
+
+@dataclass(frozen=True)
+class PlatformConfig:
+    """What every service process needs: where its servers are and how it serves HTTP."""
+
+    service: str
+    redis_url: str
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    log_level: str = "info"
+    max_body_bytes: int = 1 << 20
+    shutdown_timeout_s: int = 15
+    db_pool_max: int = 10
+    bus: BusConfig = BusConfig()
+
+    @classmethod
+    def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformConfig:
+        env = Env(os.environ if environ is None else environ)
+        return cls(
+            service=service,
+            redis_url=env.url("REDIS_URL", ("redis", "rediss", "unix")),
+            database_url=env.url("DATABASE_URL", ("postgresql", "postgres")),
+            host=env.text("HOST", cls.host),
+            port=env.integer("PORT", cls.port, minimum=0),
+            log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
+            max_body_bytes=env.integer("HTTP_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
+            shutdown_timeout_s=env.integer("SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),
+            db_pool_max=env.integer("DB_POOL_MAX", cls.db_pool_max, minimum=1),
+            bus=BusConfig.from_env(env),
+        )

@@ -1,0 +1,149 @@
+"""The transactional outbox and its relay to Redis streams.
+
+A service writes its events into its own ``outbox`` table in the transaction that changes its
+state. The relay publishes unpublished rows in order with pipelined ``XADD``s and then marks
+them published in the same database transaction. A crash between the two republishes the batch:
+consumers see the same event id twice and their inbox drops the copy. Relays lock partitions
+with transaction-scoped advisory locks, so replicas never interleave one partition's events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+import asyncpg
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from shared import context
+from shared.clock import Clock
+from shared.clock import wait_for_stop as _wait
+from shared.config import BusConfig
+from shared.db import Connection
+from shared.events import Envelope, Event, encode, partition_of, seal
+from shared.failpoints import Failpoints
+from shared.keys import Keys
+from shared.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+_INSERT = """
+INSERT INTO outbox (topic, partition, event_id, body)
+SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::bytea[])"""
+
+# Take every partition no other relay holds, then the oldest unpublished rows of those.
+_CLAIM = """
+WITH mine AS MATERIALIZED (
+    SELECT p FROM generate_series(0, $1::int - 1) AS p
+    WHERE pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'), p)
+)
+SELECT seq, topic, partition, body FROM outbox
+WHERE published_at IS NULL AND partition IN (SELECT p FROM mine)
+ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"""
+
+
+class Outbox:
+    """Writes a service's events in the caller's transaction."""
+
+    def __init__(self, service: str, partitions: int, clock: Clock) -> None:
+        self.service, self.partitions, self.clock = service, partitions, clock
+
+    async def add(self, conn: Connection, key: str, *payloads: Event) -> list[Envelope]:
+        """Record events about ``key``; they are published only if the transaction commits."""
+        now = self.clock.now()
+        envelopes = [
+            seal(
+                p,
+                key=key,
+                source=self.service,
+                occurred_at=now,
+                traceparent=context.traceparent.get(),
+            )
+            for p in payloads
+        ]
+        await self.add_sealed(conn, envelopes, [p.topic for p in payloads])
+        return envelopes
+
+    async def add_sealed(
+        self, conn: Connection, envelopes: Sequence[Envelope], topics: Sequence[str]
+    ) -> None:
+        """Record already-sealed envelopes (many keys at once, for batch producers)."""
+        await conn.execute(
+            _INSERT,
+            list(topics),
+            [partition_of(e.key, self.partitions) for e in envelopes],
+            [e.id for e in envelopes],
+            [encode(e) for e in envelopes],
+        )
+
+
+class Relay:
+    """Publishes one service's outbox to its topics' streams."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        redis: aioredis.Redis,
+        schema: str,
+        keys: Keys,
+        config: BusConfig,
+        metrics: Metrics,
+        failpoints: Failpoints,
+    ) -> None:
+        self.pool, self.redis, self.schema, self.keys = pool, redis, schema, keys
+        self.config, self.metrics, self.failpoints = config, metrics, failpoints
+        self._wake = asyncio.Event()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Publish until ``stopping`` is set; woken by NOTIFY, with a slow poll as a backstop."""
+        while not stopping.is_set():
+            try:
+                async with self.pool.acquire() as listener:
+                    await self._listen(listener, stopping)
+            except (OSError, asyncpg.PostgresError, RedisError) as exc:
+                log.warning("relay interrupted; retrying", extra={"error": repr(exc)})
+                await _wait(stopping, 1.0)
+
+    async def _listen(self, listener: Connection, stopping: asyncio.Event) -> None:
+        channel = f"cardless_outbox_{self.schema}"
+        await listener.add_listener(channel, self._notified)
+        try:
+            while not stopping.is_set():
+                self._wake.clear()
+                while await self.publish_batch() == self.config.batch_size:
+                    pass
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+        finally:
+            await listener.remove_listener(channel, self._notified)
+
+    def _notified(self, *_: object) -> None:
+        self._wake.set()
+
+    async def publish_batch(self) -> int:
+        """Publish up to one batch of unpublished rows; returns how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM, self.config.partitions, self.config.batch_size)
+            if not rows:
+                return 0
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for row in rows:
+                    pipe.xadd(self.keys.stream(row["topic"], row["partition"]), {"e": row["body"]})
+                await pipe.execute()
+            self.failpoints.hit("relay.after_xadd")
+            await conn.execute(
+                "UPDATE outbox SET published_at = now() WHERE seq = ANY($1)",
+                [row["seq"] for row in rows],
+            )
+        for topic, count in Counter(row["topic"] for row in rows).items():
+            self.metrics.bus_published.labels(topic).inc(count)
+        return len(rows)
+
+    async def backlog(self) -> int:
+        value = await self.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        return int(value)

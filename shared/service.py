@@ -1,0 +1,168 @@
+"""What a service is to the platform, and the composition root that wires one up.
+
+A service module exposes a ``Service``: its name, its migrations, the events it produces, the
+topics it consumes, and a function that adds its routes. ``create_app`` turns that and a
+``PlatformConfig`` into a ready ``web.Application`` whose pool, Redis client and bus are opened
+and closed in ``cleanup_ctx`` (in that order, and the reverse on shutdown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from shared import db, http
+from shared.bus import Bus
+from shared.clock import Clock, SystemClock
+from shared.config import PlatformConfig
+from shared.consumer import Subscription
+from shared.events import EventCatalog
+from shared.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", PlatformConfig)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", aioredis.Redis)
+BUS = web.AppKey("bus", Bus)
+CLOCK = web.AppKey("clock", Clock)
+
+
+@dataclass(frozen=True)
+class Service:
+    """A service as the platform sees it."""
+
+    name: str
+    add_routes: Callable[[web.Application], None]
+    migrations: Path | None = None
+    produces: Sequence[EventCatalog] = ()
+    subscriptions: Callable[[web.Application], Sequence[Subscription]] = lambda _: ()
+    error_map: Mapping[type[Exception], tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def schema(self) -> str:
+        return db.check_schema(self.name.replace("-", "_"))
+
+    def migration_plan(self) -> list[db.Migration]:
+        return db.plan(self.migrations, self.name)
+
+
+def load(selector: str) -> Service:
+    """A registered service by name, or any Service by ``module:attribute``."""
+    from services import REGISTRY
+
+    target = REGISTRY.get(selector, selector)
+    module_name, _, attribute = target.partition(":")
+    if not attribute:
+        known = ", ".join(sorted(REGISTRY)) or "none yet"
+        raise LookupError(
+            f"unknown service {selector!r} (registered: {known}; or give module:attribute)"
+        )
+    service = getattr(importlib.import_module(module_name), attribute)
+    if not isinstance(service, Service):
+        raise LookupError(f"{target} is not a shared.service.Service")
+    return service
+
+
+def selected(environ: Mapping[str, str]) -> list[str]:
+    """The services to run: ``CARDLESS_SERVICES`` (comma-separated), else every registered."""
+    from services import REGISTRY
+
+    given = environ.get("CARDLESS_SERVICES", "").strip()
+    return [s.strip() for s in given.split(",") if s.strip()] if given else sorted(REGISTRY)
+
+
+def create_app(
+    service: Service, config: PlatformConfig, *, clock: Clock | None = None
+) -> web.Application:
+    """The composition root: one service's application with every platform piece wired in."""
+    metrics = Metrics(service.name.replace("-", "_"))
+    app = http.base_app(metrics, max_body_bytes=config.max_body_bytes, error_map=service.error_map)
+    app[CONFIG] = config
+    app[CLOCK] = clock or SystemClock()
+    app.cleanup_ctx.append(_resources(service))
+    app.cleanup_ctx.append(_bus(service))
+    service.add_routes(app)
+    return app
+
+
+def _resources(service: Service) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        app[POOL] = await db.create_pool(
+            config.database_url, service.schema, max_size=config.db_pool_max
+        )
+        app[REDIS] = aioredis.Redis.from_url(config.redis_url)
+        steps = service.migration_plan()
+        app[http.READINESS].update(
+            {
+                "database": lambda: _database_ready(app[POOL], service.schema, steps),
+                "redis": lambda: _redis_ready(app[REDIS]),
+            }
+        )
+        yield
+        await app[REDIS].aclose()
+        await app[POOL].close()
+
+    return resources
+
+
+async def _database_ready(pool: asyncpg.Pool, schema: str, steps: list[db.Migration]) -> str | None:
+    missing = await db.pending(pool, schema, steps)
+    return f"{missing} migration(s) not applied; run `cardless migrate`" if missing else None
+
+
+async def _redis_ready(redis: aioredis.Redis) -> str | None:
+    return None if await redis.ping() else "no PONG"
+
+
+def _bus(service: Service) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def bus(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        app[BUS] = Bus(
+            service=service.name,
+            schema=service.schema,
+            config=config.bus,
+            pool=app[POOL],
+            redis=app[REDIS],
+            metrics=app[http.METRICS],
+            clock=app[CLOCK],
+            produces=service.produces,
+            subscriptions=service.subscriptions(app),
+        )
+        stopping = asyncio.Event()
+        running = asyncio.create_task(app[BUS].run(stopping), name=f"{service.name}-bus")
+        yield
+        stopping.set()  # consumers finish and acknowledge their batch, then return
+        await running
+
+    return bus
+
+
+async def migrate(service: Service, database_url: str) -> list[str]:
+    """Apply a service's pending migrations (platform tables first)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await db.migrate(conn, service.schema, service.migration_plan())
+    finally:
+        await conn.close()
+
+
+def serve(service: Service, config: PlatformConfig) -> None:
+    """Run one service until SIGINT/SIGTERM, then drain in-flight requests and the bus."""
+    web.run_app(
+        create_app(service, config),
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_timeout_s,
+        print=None,
+        access_log=None,
+    )
