@@ -124,6 +124,9 @@ class Consumer:
                 task.cancel()  # lease lost: another consumer owns the partition now
             if task.done():
                 del workers[p]
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("partition worker crashed; restarting it", exc_info=task.exception(),
+                              extra={"topic": self.topic, "partition": p})
         for p in self.held - workers.keys():
             workers[p] = asyncio.create_task(self._work(p, stopping), name=f"{self.topic}.{p}")
 
@@ -214,7 +217,6 @@ class Consumer:
                 min_idle_ms,
                 start_id=cursor,
                 count=self.config.batch_size,
-                justid=True,
             )
             cursor = reply[0]
             if cursor in (b"0-0", "0-0"):

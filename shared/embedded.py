@@ -220,10 +220,8 @@ class _Server:
             proc.send_signal(self.stop_signal)
             if not _wait_exited([proc], timeout):
                 _kill_tree(proc.pid)
-        except psutil.NoSuchProcess:
-            return  # it exited meanwhile
         except psutil.Error:
-            return  # e.g. AccessDenied: not a process we may manage
+            return  # it exited meanwhile, or it is not ours to manage (AccessDenied)
 
     def _prepare(self, port: int) -> None:
         """Get the data dir ready for a start on `port`."""
@@ -234,11 +232,18 @@ class _Server:
     def _ready(self, port: int) -> bool:
         raise NotImplementedError
 
+    def _account(self) -> pwd.struct_passwd | None:
+        """The system user to run the server as; None means the current user."""
+        return None
+
     def _user_kwargs(self) -> dict[str, Any]:
-        return {}
+        if (account := self._account()) is None:
+            return {}
+        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
 
     def _chown(self, path: Path) -> None:
-        """Hand `path` to the account the server runs as."""
+        if (account := self._account()) is not None:
+            os.chown(path, account.pw_uid, account.pw_gid)
 
 
 class EmbeddedValkey(_Server):
@@ -307,21 +312,11 @@ class EmbeddedPostgres(_Server):
         return f"postgresql://postgres@{HOST}:{self.port}/postgres"
 
     def _account(self) -> pwd.struct_passwd | None:
-        """The system user to run as: PostgreSQL refuses to run as root."""
+        """PostgreSQL refuses to run as root, so root runs it as a dedicated system user."""
         if os.geteuid() != 0:
             return None
         ensure_user_exists(PG_SYSTEM_USER)
         return pwd.getpwnam(PG_SYSTEM_USER)
-
-    def _user_kwargs(self) -> dict[str, Any]:
-        account = self._account()
-        if account is None:
-            return {}
-        return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-
-    def _chown(self, path: Path) -> None:
-        if (account := self._account()) is not None:
-            os.chown(path, account.pw_uid, account.pw_gid)
 
     def _prepare(self, port: int) -> None:
         if self._account() is not None:

@@ -21,11 +21,10 @@ async def valkey_set(url: str, key: str, value: str) -> None:
         await client.aclose()
 
 
-async def valkey_get(url: str, key: str) -> bytes | None:
+async def valkey_get(url: str, key: str) -> bytes | str | None:
     client = redis.from_url(url)
     try:
-        value: bytes | None = await client.get(key)
-        return value
+        return await client.get(key)
     finally:
         await client.aclose()
 

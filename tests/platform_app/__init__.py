@@ -1,0 +1,82 @@
+"""A small service that exercises the platform until the real services exist.
+
+``POST /notes`` writes a note and a ``notes.written`` event in one transaction; its own
+consumer applies each event by recording it in ``applied`` (the effect whose count proves
+exactly-once). Events whose key is ``NOTES_POISON_KEY`` make the handler fail, always.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from aiohttp import web
+
+from shared.consumer import Subscription
+from shared.db import Connection, in_transaction
+from shared.events import Envelope, Event, EventCatalog
+from shared.http import Problem
+from shared.service import BUS, POOL, Service
+
+notes_events = EventCatalog("notes")
+
+
+@notes_events.event("notes.written", version=1)
+class NoteWritten(Event):
+    note_id: int
+    n: int
+
+
+class PoisonedNote(Exception):
+    """The handler refuses this key, every time."""
+
+
+async def write_note(request: web.Request) -> web.Response:
+    body = await request.json()
+    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
+        raise Problem(422, "Unprocessable Content", "key must be a string")
+    key, n = body["key"], int(body.get("n", 0))
+
+    async def work(conn: Connection) -> int:
+        note_id: int = await conn.fetchval(
+            "INSERT INTO notes (key, n) VALUES ($1, $2) RETURNING id", key, n)
+        await request.app[BUS].publish(conn, key, NoteWritten(note_id=note_id, n=n))
+        return note_id
+
+    note_id = await in_transaction(request.app[POOL], work)
+    return web.json_response({"id": note_id}, status=201)
+
+
+async def read_note(request: web.Request) -> web.Response:
+    row = await request.app[POOL].fetchrow(
+        "SELECT id, key, n FROM notes WHERE id = $1", int(request.match_info["id"]))
+    if row is None:
+        raise Problem(404, "Not Found", "no such note")
+    return web.json_response(dict(row))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/notes", write_note)
+    app.router.add_get("/notes/{id:\\d+}", read_note)
+
+
+async def apply_note(conn: Connection, event: Event, envelope: Envelope) -> None:
+    assert isinstance(event, NoteWritten)
+    if envelope.key == os.environ.get("NOTES_POISON_KEY"):
+        raise PoisonedNote(f"note {event.note_id} is poisoned")
+    await conn.execute("INSERT INTO applied (event_id, key, n) VALUES ($1, $2, $3)",
+                       envelope.id, envelope.key, event.n)
+
+
+def subscriptions(_: web.Application) -> Sequence[Subscription]:
+    return [Subscription(notes_events, {NoteWritten: apply_note})]
+
+
+def make_service(name: str) -> Service:
+    return Service(name=name, add_routes=add_routes, produces=[notes_events],
+                   subscriptions=subscriptions,
+                   migrations=Path(__file__).parent / "migrations")
+
+
+SERVICE = make_service(os.environ.get("NOTES_SERVICE_NAME", "notes"))
