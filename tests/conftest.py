@@ -45,14 +45,24 @@ def namespace() -> str:
 @pytest.fixture
 def bus_config(namespace: str) -> BusConfig:
     # Short leases and blocks so that tests which kill consumers move on quickly.
-    return BusConfig(namespace=namespace, partitions=4, block_ms=100, lease_ms=1000,
-                     claim_idle_ms=1000, max_deliveries=3)
+    return BusConfig(
+        namespace=namespace,
+        partitions=4,
+        block_ms=100,
+        lease_ms=1000,
+        claim_idle_ms=1000,
+        max_deliveries=3,
+    )
 
 
 @pytest.fixture
 def config(servers: Servers, namespace: str, bus_config: BusConfig) -> PlatformConfig:
-    return PlatformConfig(service=f"notes_{namespace}", redis_url=servers.redis_url,
-                          database_url=servers.database_url, bus=bus_config)
+    return PlatformConfig(
+        service=f"notes_{namespace}",
+        redis_url=servers.redis_url,
+        database_url=servers.database_url,
+        bus=bus_config,
+    )
 
 
 @pytest.fixture

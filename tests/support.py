@@ -16,8 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 POLL_INTERVAL_S = 0.02
 
 
-async def eventually(probe: Callable[[], Awaitable[T]], accept: Callable[[T], bool],
-                     *, within: float = 30.0, what: str = "condition") -> T:
+async def eventually(
+    probe: Callable[[], Awaitable[T]],
+    accept: Callable[[T], bool],
+    *,
+    within: float = 30.0,
+    what: str = "condition",
+) -> T:
     """Poll ``probe`` until ``accept`` holds, or fail after ``within`` seconds."""
     deadline = time.monotonic() + within
     while True:
@@ -48,7 +53,9 @@ class ServiceProcess:
     def start(self, **extra_env: str) -> ServiceProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shared.cli", "serve", self.target],
-            env={**self.env, **extra_env}, cwd=REPO)
+            env={**self.env, **extra_env},
+            cwd=REPO,
+        )
         return self
 
     @property
@@ -59,8 +66,9 @@ class ServiceProcess:
         """Wait for the process to exit (e.g. by its own failpoint); its return code."""
         assert self.proc is not None
         proc = self.proc
-        await eventually(_async(proc.poll), lambda code: code is not None, within=within,
-                         what="process exit")
+        await eventually(
+            _async(proc.poll), lambda code: code is not None, within=within, what="process exit"
+        )
         return proc.returncode
 
     def stop(self) -> int | None:

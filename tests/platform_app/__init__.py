@@ -40,7 +40,8 @@ async def write_note(request: web.Request) -> web.Response:
 
     async def work(conn: Connection) -> int:
         note_id: int = await conn.fetchval(
-            "INSERT INTO notes (key, n) VALUES ($1, $2) RETURNING id", key, n)
+            "INSERT INTO notes (key, n) VALUES ($1, $2) RETURNING id", key, n
+        )
         await request.app[BUS].publish(conn, key, NoteWritten(note_id=note_id, n=n))
         return note_id
 
@@ -50,7 +51,8 @@ async def write_note(request: web.Request) -> web.Response:
 
 async def read_note(request: web.Request) -> web.Response:
     row = await request.app[POOL].fetchrow(
-        "SELECT id, key, n FROM notes WHERE id = $1", int(request.match_info["id"]))
+        "SELECT id, key, n FROM notes WHERE id = $1", int(request.match_info["id"])
+    )
     if row is None:
         raise Problem(404, "Not Found", "no such note")
     return web.json_response(dict(row))
@@ -65,8 +67,12 @@ async def apply_note(conn: Connection, event: Event, envelope: Envelope) -> None
     assert isinstance(event, NoteWritten)
     if envelope.key == os.environ.get("NOTES_POISON_KEY"):
         raise PoisonedNote(f"note {event.note_id} is poisoned")
-    await conn.execute("INSERT INTO applied (event_id, key, n) VALUES ($1, $2, $3)",
-                       envelope.id, envelope.key, event.n)
+    await conn.execute(
+        "INSERT INTO applied (event_id, key, n) VALUES ($1, $2, $3)",
+        envelope.id,
+        envelope.key,
+        event.n,
+    )
 
 
 def subscriptions(_: web.Application) -> Sequence[Subscription]:
@@ -74,9 +80,13 @@ def subscriptions(_: web.Application) -> Sequence[Subscription]:
 
 
 def make_service(name: str) -> Service:
-    return Service(name=name, add_routes=add_routes, produces=[notes_events],
-                   subscriptions=subscriptions,
-                   migrations=Path(__file__).parent / "migrations")
+    return Service(
+        name=name,
+        add_routes=add_routes,
+        produces=[notes_events],
+        subscriptions=subscriptions,
+        migrations=Path(__file__).parent / "migrations",
+    )
 
 
 SERVICE = make_service(os.environ.get("NOTES_SERVICE_NAME", "notes"))
