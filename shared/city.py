@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from shared.config import Env
 from shared.embedded import EmbeddedServers
 
 READY_TIMEOUT_S = 60.0
+PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 class StartError(Exception):
@@ -70,8 +72,8 @@ def up(
         asyncio.run(_migrate_all(chosen, urls.database_url))
         procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         try:
-            for name in names:
-                procs[name] = _spawn(name, urls, environ)
+            for name, service in zip(names, chosen, strict=True):
+                procs[service.name] = _spawn(name, service.name, urls, environ)
             for name, (proc, url) in procs.items():
                 _wait_ready(name, proc, url, stop)
                 print(f"{name}: {url}", flush=True)
@@ -87,7 +89,7 @@ async def _migrate_all(chosen: list[services.Service], database_url: str) -> Non
 
 
 def _spawn(
-    name: str, urls: Servers, environ: Mapping[str, str]
+    selector: str, name: str, urls: Servers, environ: Mapping[str, str]
 ) -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port() if name != "gateway" else Env(environ).integer("GATEWAY_PORT", 8080)
     env = {
@@ -97,11 +99,21 @@ def _spawn(
         "PORT": str(port),
         "HOST": "127.0.0.1",
     }
-    # Own session: a terminal's Ctrl-C reaches only us, and we stop services in order.
+    # Own session: a terminal's Ctrl-C reaches only us, and we stop services in order. If we
+    # die without a chance to stop them, the kernel sends them SIGTERM (Linux).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", name], env=env, start_new_session=True
+        [sys.executable, "-m", "shared.cli", "serve", selector],
+        env=env,
+        start_new_session=True,
+        preexec_fn=_terminate_with_parent,
     )
     return proc, f"http://127.0.0.1:{port}"
+
+
+def _terminate_with_parent() -> None:
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _free_port() -> int:

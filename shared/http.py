@@ -11,8 +11,9 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
+import msgspec
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 PROBLEM_JSON = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadinessCheck = Callable[[], Awaitable[str | None]]
+B = TypeVar("B")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 METRICS = web.AppKey("metrics", Metrics)
@@ -82,6 +84,17 @@ def error_middleware(error_map: Mapping[type[Exception], tuple[int, str]] = {}) 
             return Problem(500, "Internal Server Error").response(request.path)
 
     return errors
+
+
+async def read_body(request: web.Request, body_type: type[B]) -> B:
+    """The request's JSON body as ``body_type``: 400 if it is not JSON, 422 if it does not fit."""
+    raw = await request.read()
+    try:
+        return msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        raise Problem(422, "Unprocessable Content", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "Bad Request", f"body is not valid JSON: {exc}") from None
 
 
 @web.middleware

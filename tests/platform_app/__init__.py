@@ -11,12 +11,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import msgspec
 from aiohttp import web
 
 from shared.consumer import Subscription
 from shared.db import Connection, in_transaction
 from shared.events import Envelope, Event, EventCatalog
-from shared.http import Problem
+from shared.http import Problem, read_body
 from shared.service import BUS, POOL, Service
 
 notes_events = EventCatalog("notes")
@@ -28,15 +29,18 @@ class NoteWritten(Event):
     n: int
 
 
+class NoteBody(msgspec.Struct, frozen=True):
+    key: str
+    n: int = 0
+
+
 class PoisonedNote(Exception):
     """The handler refuses this key, every time."""
 
 
 async def write_note(request: web.Request) -> web.Response:
-    body = await request.json()
-    if not isinstance(body, dict) or not isinstance(body.get("key"), str):
-        raise Problem(422, "Unprocessable Content", "key must be a string")
-    key, n = body["key"], int(body.get("n", 0))
+    body = await read_body(request, NoteBody)
+    key, n = body.key, body.n
 
     async def work(conn: Connection) -> int:
         note_id: int = await conn.fetchval(
