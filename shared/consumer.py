@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
@@ -97,6 +98,8 @@ class Consumer:
         self.pool, self.redis, self.keys, self.config = pool, redis, keys, config
         self.metrics, self.failpoints = metrics, failpoints
         self.held: set[int] = set()
+        # Partitions whose pending list we know to be empty, so reading it can be skipped.
+        self._settled: set[str] = set()
         # Each partition's stream, mapped to where its dead letters go (same hash slot).
         self._streams = {
             keys.stream(self.topic, p): keys.dead_letters(self.topic, p, group)
@@ -193,12 +196,13 @@ class Consumer:
 
     async def _work(self, p: int, stopping: asyncio.Event) -> None:
         stream = self.keys.stream(self.topic, p)
-        retrying = False
+        retrying, claim_idle_ms, next_sweep = False, 0, 0.0  # first: take over all, at once
         while not stopping.is_set():
             try:
-                await self._claim(
-                    stream, min_idle_ms=0 if not retrying else self.config.claim_idle_ms
-                )
+                if time.monotonic() >= next_sweep:
+                    await self._claim(stream, claim_idle_ms)
+                    claim_idle_ms = self.config.claim_idle_ms
+                    next_sweep = time.monotonic() + claim_idle_ms / 1000
                 retrying = not await self._step(stream, retrying)
             except TRANSIENT as exc:
                 log.warning(
@@ -211,6 +215,7 @@ class Consumer:
 
     async def _claim(self, stream: str, min_idle_ms: int) -> None:
         """Take over entries left pending by consumers that no longer own this partition."""
+        self._settled.discard(stream)
         cursor: bytes | str = "0-0"
         while True:
             reply = await self.redis.xautoclaim(
@@ -228,10 +233,17 @@ class Consumer:
     async def _step(self, stream: str, retrying: bool) -> bool:
         """Read our pending entries first (a retry reads only the head), then new ones."""
         count = 1 if retrying else self.config.batch_size
-        entries = await self._read(stream, "0", count, block=None)
+        entries = await self._read(stream, "0", count, block=None) if self._unsure(stream) else []
         if not entries:
+            self._settled.add(stream)  # nothing of ours is pending until a failure or a claim
             entries = await self._read(stream, ">", count, block=self.config.block_ms)
-        return await self._process(stream, entries) if entries else True
+        ok = await self._process(stream, entries) if entries else True
+        if not ok:
+            self._settled.discard(stream)
+        return ok
+
+    def _unsure(self, stream: str) -> bool:
+        return stream not in self._settled
 
     async def _read(self, stream: str, start: str, count: int, block: int | None) -> list[Entry]:
         reply = await self.redis.xreadgroup(
