@@ -148,3 +148,29 @@ def test_failpoints_parse_their_spec() -> None:
     points.hit("relay.after_xadd")  # armed with probability 0: never fires
     points.hit("not.armed")
     assert points._armed == {"relay.after_xadd": 0.0, "consumer.x": 1.0}
+
+
+def test_a_log_line_is_one_json_object_with_request_and_trace_ids() -> None:
+    import json
+    import logging
+
+    from shared.logs import JsonFormatter
+
+    record = logging.LogRecord(
+        "wallet", logging.INFO, __file__, 1, "transfer %s posted", ("t-1",), None
+    )
+    record.transfer_id = "t-1"
+    rid = context.request_id.set("req-9")
+    trace = context.traceparent.set("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    try:
+        line = JsonFormatter("wallet").format(record)
+    finally:
+        context.request_id.reset(rid)
+        context.traceparent.reset(trace)
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["msg"] == "transfer t-1 posted"
+    assert entry["request_id"] == "req-9"
+    assert entry["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert entry["transfer_id"] == "t-1"
+    assert entry["service"] == "wallet"
