@@ -158,7 +158,7 @@ async def through_the_bus(
         elapsed = time.perf_counter() - started
         latencies = [
             r[0] / 1000
-            for r in await pool.fetch(f'SELECT latency_us FROM "{consumer}".effect')  # noqa: S608 - our own generated schema name
+            for r in await pool.fetch(f'SELECT latency_us FROM "{consumer}".effect ORDER BY n')  # noqa: S608 - our own generated schema name
         ]
     finally:
         stopping.set()
