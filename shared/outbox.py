@@ -35,15 +35,19 @@ _INSERT = """
 INSERT INTO outbox (topic, partition, event_id, body)
 SELECT * FROM unnest($1::text[], $2::int[], $3::uuid[], $4::bytea[])"""
 
-# Take every partition no other relay holds, then the oldest unpublished rows of those.
+# Take every partition no other relay holds, and mark its oldest unpublished rows published.
+# The mark takes effect only when the transaction commits, which is after the XADDs.
 _CLAIM = """
 WITH mine AS MATERIALIZED (
     SELECT p FROM generate_series(0, $1::int - 1) AS p
     WHERE pg_try_advisory_xact_lock(hashtext(current_schema() || '.outbox'), p)
+), batch AS (
+    SELECT seq FROM outbox
+    WHERE published_at IS NULL AND partition IN (SELECT p FROM mine)
+    ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED
 )
-SELECT seq, topic, partition, body FROM outbox
-WHERE published_at IS NULL AND partition IN (SELECT p FROM mine)
-ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED"""
+UPDATE outbox SET published_at = now() FROM batch WHERE outbox.seq = batch.seq
+RETURNING outbox.seq, outbox.topic, outbox.partition, outbox.body"""
 
 
 class Outbox:
@@ -128,18 +132,17 @@ class Relay:
     async def publish_batch(self) -> int:
         """Publish up to one batch of unpublished rows; returns how many."""
         async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM, self.config.partitions, self.config.batch_size)
+            rows = sorted(
+                await conn.fetch(_CLAIM, self.config.partitions, self.config.batch_size),
+                key=lambda r: r["seq"],
+            )
             if not rows:
                 return 0
             async with self.redis.pipeline(transaction=False) as pipe:
                 for row in rows:
                     pipe.xadd(self.keys.stream(row["topic"], row["partition"]), {"e": row["body"]})
                 await pipe.execute()
-            self.failpoints.hit("relay.after_xadd")
-            await conn.execute(
-                "UPDATE outbox SET published_at = now() WHERE seq = ANY($1)",
-                [row["seq"] for row in rows],
-            )
+            self.failpoints.hit("relay.after_xadd")  # published, not yet marked: commit is next
         for topic, count in Counter(row["topic"] for row in rows).items():
             self.metrics.bus_published.labels(topic).inc(count)
         return len(rows)
