@@ -7,6 +7,7 @@ runs as a `cardless serve` subprocess (relay and consumer) that a failpoint kill
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -87,52 +88,54 @@ def service(config: PlatformConfig) -> ServiceProcess:
     return ServiceProcess(TARGET, service_env(config))
 
 
-async def test_relay_killed_between_xadd_and_marking_published(
-    service: ServiceProcess, pool: asyncpg.Pool, redis: aioredis.Redis, config: PlatformConfig
+async def relay_crashed_after_xadd(
+    pool: asyncpg.Pool, redis: aioredis.Redis, config: PlatformConfig
 ) -> None:
-    await produce(pool, config, 100)
-    service.start(CARDLESS_FAILPOINTS="relay.after_xadd=1")
-    assert await service.exited() == -9
     assert await stream_entries(redis, config) > 0, "the batch reached Redis"
     unpublished = await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
     assert unpublished == 100, "and was never marked published"
 
-    service.start()
-    await eventually(lambda: applied_count(pool), lambda n: n >= 100)
-    await assert_applied_exactly_once_in_order(pool, 100)
-    assert service.stop() == 0
 
-
-async def test_consumer_killed_after_commit_before_xack(
-    service: ServiceProcess, pool: asyncpg.Pool, redis: aioredis.Redis, config: PlatformConfig
+async def consumer_crashed_after_commit(
+    pool: asyncpg.Pool, redis: aioredis.Redis, config: PlatformConfig
 ) -> None:
-    await produce(pool, config, 100)
-    service.start(CARDLESS_FAILPOINTS="consumer.after_commit=1")
-    assert await service.exited() == -9
     assert await applied_count(pool) > 0, "a batch was committed"
     assert await pending_entries(redis, config) > 0, "and never acknowledged"
+
+
+async def consumer_crashed_before_commit(
+    pool: asyncpg.Pool, redis: aioredis.Redis, config: PlatformConfig
+) -> None:
+    assert await applied_count(pool) == 0, "the batch was rolled back"
+
+
+@pytest.mark.parametrize(
+    ("failpoint", "state_at_crash"),
+    [
+        ("relay.after_xadd", relay_crashed_after_xadd),
+        ("consumer.after_commit", consumer_crashed_after_commit),
+        ("consumer.before_commit", consumer_crashed_before_commit),
+    ],
+)
+async def test_a_process_killed_at_a_failpoint_loses_and_repeats_nothing(
+    failpoint: str,
+    state_at_crash: Callable[..., Awaitable[None]],
+    service: ServiceProcess,
+    pool: asyncpg.Pool,
+    redis: aioredis.Redis,
+    config: PlatformConfig,
+) -> None:
+    await produce(pool, config, 100)
+    service.start(CARDLESS_FAILPOINTS=f"{failpoint}=1")
+    assert await service.exited() == -9
+    await state_at_crash(pool, redis, config)
 
     service.start()
     await eventually(lambda: applied_count(pool), lambda n: n >= 100)
     await eventually(lambda: pending_entries(redis, config), lambda n: n == 0)
     await assert_applied_exactly_once_in_order(pool, 100)
     assert await dead_letters(redis, config) == 0
-    service.stop()
-
-
-async def test_consumer_killed_before_commit(
-    service: ServiceProcess, pool: asyncpg.Pool, redis: aioredis.Redis, config: PlatformConfig
-) -> None:
-    await produce(pool, config, 100)
-    service.start(CARDLESS_FAILPOINTS="consumer.before_commit=1")
-    assert await service.exited() == -9
-    assert await applied_count(pool) == 0, "the batch was rolled back"
-
-    service.start()
-    await eventually(lambda: applied_count(pool), lambda n: n >= 100)
-    await assert_applied_exactly_once_in_order(pool, 100)
-    assert await dead_letters(redis, config) == 0
-    service.stop()
+    assert service.stop() == 0
 
 
 async def test_two_consumers_share_the_group(
