@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Literal, Self
 
@@ -92,7 +93,7 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-class _Server:
+class _Server(ABC):
     """Start-up, readiness polling and shutdown shared by both servers."""
 
     name = ""
@@ -223,14 +224,17 @@ class _Server:
         except psutil.Error:
             return  # it exited meanwhile, or it is not ours to manage (AccessDenied)
 
+    @abstractmethod
     def _prepare(self, port: int) -> None:
         """Get the data dir ready for a start on `port`."""
 
+    @abstractmethod
     def _command(self, port: int) -> list[str]:
-        raise NotImplementedError
+        """The server's command line for a start on `port`."""
 
+    @abstractmethod
     def _ready(self, port: int) -> bool:
-        raise NotImplementedError
+        """Whether the server answers on `port`."""
 
     def _account(self) -> pwd.struct_passwd | None:
         """The system user to run the server as; None means the current user."""
