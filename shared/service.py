@@ -140,11 +140,26 @@ def _bus(service: Service) -> Callable[[web.Application], AsyncIterator[None]]:
         )
         stopping = asyncio.Event()
         running = asyncio.create_task(app[BUS].run(stopping), name=f"{service.name}-bus")
+        running.add_done_callback(_report_stopped_bus)
+        app[http.READINESS]["bus"] = lambda: _bus_ready(running)
         yield
         stopping.set()  # consumers finish and acknowledge their batch, then return
-        await running
+        if not running.done():  # a bus that already stopped was reported when it did
+            await running
 
     return bus
+
+
+def _report_stopped_bus(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("event bus stopped unexpectedly", exc_info=task.exception())
+
+
+async def _bus_ready(task: asyncio.Task[None]) -> str | None:
+    if not task.done():
+        return None
+    error = None if task.cancelled() else task.exception()
+    return f"event bus stopped: {error!r}"
 
 
 async def migrate(service: Service, database_url: str) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -89,3 +91,13 @@ async def test_metrics_label_requests_by_route_template_not_path(client: TestCli
     assert 'route="/notes/{id}"' in text
     assert "123456" not in text
     assert "bus_published_total" in text or "bus_pending_entries" in text
+
+
+async def test_not_ready_once_the_event_bus_has_stopped(client: TestClient, notes: Service) -> None:
+    bus_task = next(t for t in asyncio.all_tasks() if t.get_name() == f"{notes.name}-bus")
+    bus_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await bus_task
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert "event bus stopped" in str((await problem(response))["checks"])
