@@ -66,7 +66,9 @@ def main(options: list[str]) -> dict[str, Any]:
 async def _run(redis_url: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
     redis = aioredis.Redis.from_url(redis_url)
     try:
-        raw = await raw_loop(redis, args.events, args.batch)
+        # Best of three: the anchor swings with where the scheduler puts Valkey and us on two
+        # cores; the best run is the fair (and, for the ratio, the unflattering) reference.
+        raw = max([await raw_loop(redis, args.events, args.batch) for _ in range(3)])
         progress(f"raw XADD+XREADGROUP+XACK: {raw:,.0f} events/s")
         rate, _ = await through_the_bus(redis, redis_url, database_url, args, rate=None)
         progress(f"outbox -> relay -> consumer: {rate:,.0f} events/s")
@@ -89,29 +91,27 @@ async def _run(redis_url: str, database_url: str, args: argparse.Namespace) -> d
 
 
 async def raw_loop(redis: aioredis.Redis, events: int, batch: int) -> float:
-    """The anchor: the same number of entries through one stream with no database."""
+    """The anchor: the same entries through one stream with no database, batched the same way.
+
+    Two phases (pipelined XADD of all, then XREADGROUP + XACK of all), so that the figure does
+    not depend on how a producer and a consumer sharing one event loop happen to interleave.
+    """
     stream = f"bench:{secrets.token_hex(4)}:raw"
     await redis.xgroup_create(stream, "g", id="0", mkstream=True)
     started = time.perf_counter()
-
-    async def produce() -> None:
-        for first in range(0, events, batch):
-            async with redis.pipeline(transaction=False) as pipe:
-                for n in range(first, min(first + batch, events)):
-                    pipe.xadd(stream, {"e": b"x" * 200, "n": n})
-                await pipe.execute()
-
-    async def consume() -> None:
-        seen = 0
-        while seen < events:
-            reply = await redis.xreadgroup("g", "c", {stream: ">"}, count=batch, block=1000)
-            streams = cast(list[tuple[bytes, list[tuple[bytes, object]]]], reply or [])
-            ids = [eid for _, entries in streams for eid, _ in entries]
-            if ids:
-                await redis.xack(stream, "g", *ids)
-            seen += len(ids)
-
-    await asyncio.gather(produce(), consume())
+    for first in range(0, events, batch):
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in range(first, min(first + batch, events)):
+                pipe.xadd(stream, {"e": b"x" * 200, "n": n})
+            await pipe.execute()
+    seen = 0
+    while seen < events:
+        reply = await redis.xreadgroup("g", "c", {stream: ">"}, count=batch, block=1000)
+        streams = cast(list[tuple[bytes, list[tuple[bytes, object]]]], reply or [])
+        ids = [eid for _, entries in streams for eid, _ in entries]
+        if ids:
+            await redis.xack(stream, "g", *ids)
+        seen += len(ids)
     elapsed = time.perf_counter() - started
     await redis.delete(stream)
     return events / elapsed
