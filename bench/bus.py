@@ -152,25 +152,22 @@ async def through_the_bus(
         clock=SystemClock(),
         produces=[bench_events],
     )
-    stopping = asyncio.Event()
-    running = asyncio.create_task(bus.run(stopping))
     try:
-        await _wait_for_group(redis, config)
-        started = time.perf_counter()
-        await _produce(pool, bus, count, rate)
-        await asyncio.to_thread(consuming.join, 600)
-        if consuming.exitcode != 0:
-            raise RuntimeError(
-                f"the consumer process failed (exit {consuming.exitcode}); see its log"
-            )
-        elapsed = time.perf_counter() - started
-        latencies = [
-            r[0] / 1000
-            for r in await pool.fetch(f'SELECT latency_us FROM "{consumer}".effect ORDER BY n')  # noqa: S608 - our own generated schema name
-        ]
+        async with bus.running():
+            await _wait_for_group(redis, config)
+            started = time.perf_counter()
+            await _produce(pool, bus, count, rate)
+            await asyncio.to_thread(consuming.join, 600)
+            if consuming.exitcode != 0:
+                raise RuntimeError(
+                    f"the consumer process failed (exit {consuming.exitcode}); see its log"
+                )
+            elapsed = time.perf_counter() - started
+            latencies = [
+                r[0] / 1000
+                for r in await pool.fetch(f'SELECT latency_us FROM "{consumer}".effect ORDER BY n')  # noqa: S608 - our own generated schema name
+            ]
     finally:
-        stopping.set()
-        await running
         consuming.kill()
         for schema in (producer, consumer):
             await pool.execute(f'DROP SCHEMA "{schema}" CASCADE')
@@ -220,11 +217,8 @@ async def _consume_async(
         clock=SystemClock(),
         subscriptions=[Subscription(bench_events, {Happened: apply})],
     )
-    stopping = asyncio.Event()
-    running = asyncio.create_task(bus.run(stopping))
-    await done.wait()
-    stopping.set()
-    await running
+    async with bus.running():
+        await done.wait()
     await pool.copy_records_to_table("effect", records=latencies)
     await pool.close()
     await redis.aclose()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -83,6 +84,18 @@ class Bus:
             *(c.run(stopping) for c in self.consumers),
             self._upkeep(stopping),
         )
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[asyncio.Task[None]]:
+        """Run the bus for the duration of the block; on exit consumers finish their batch."""
+        stopping = asyncio.Event()
+        task = asyncio.create_task(self.run(stopping), name=f"{self.service}-bus")
+        try:
+            yield task
+        finally:
+            stopping.set()
+            if not task.done():  # a bus that already stopped was reported when it did
+                await task
 
     async def _upkeep(self, stopping: asyncio.Event) -> None:
         while not stopping.is_set():

@@ -2,8 +2,7 @@
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Protocol
 
 
@@ -18,23 +17,6 @@ class SystemClock:
 
     def now(self) -> datetime:
         return datetime.now(UTC)
-
-
-@dataclass
-class FixedClock:
-    """A clock that moves only when told to: for tests."""
-
-    at: datetime = field(default_factory=lambda: datetime(2026, 1, 1, tzinfo=UTC))
-
-    def __post_init__(self) -> None:
-        if self.at.tzinfo is None:
-            raise ValueError("FixedClock needs a timezone-aware datetime")
-
-    def now(self) -> datetime:
-        return self.at
-
-    def advance(self, delta: timedelta) -> None:
-        self.at += delta
 
 
 async def wait_for_stop(stopping: asyncio.Event, seconds: float) -> None:

@@ -233,7 +233,9 @@ class Consumer:
     async def _step(self, stream: str, retrying: bool) -> bool:
         """Read our pending entries first (a retry reads only the head), then new ones."""
         count = 1 if retrying else self.config.batch_size
-        entries = await self._read(stream, "0", count, block=None) if self._unsure(stream) else []
+        entries = (
+            await self._read(stream, "0", count, block=None) if stream not in self._settled else []
+        )
         if not entries:
             self._settled.add(stream)  # nothing of ours is pending until a failure or a claim
             entries = await self._read(stream, ">", count, block=self.config.block_ms)
@@ -241,9 +243,6 @@ class Consumer:
         if not ok:
             self._settled.discard(stream)
         return ok
-
-    def _unsure(self, stream: str) -> bool:
-        return stream not in self._settled
 
     async def _read(self, stream: str, start: str, count: int, block: int | None) -> list[Entry]:
         reply = await self.redis.xreadgroup(

@@ -86,10 +86,6 @@ class EventCatalog:
         except msgspec.ValidationError as exc:
             raise MalformedEvent(f"invalid {envelope.type} payload: {exc}") from None
 
-    @property
-    def types(self) -> set[str]:
-        return {name for name, _ in self._types}
-
 
 _encoder = msgspec.json.Encoder()
 

@@ -138,14 +138,10 @@ def _bus(service: Service) -> Callable[[web.Application], AsyncIterator[None]]:
             produces=service.produces,
             subscriptions=service.subscriptions(app),
         )
-        stopping = asyncio.Event()
-        running = asyncio.create_task(app[BUS].run(stopping), name=f"{service.name}-bus")
-        running.add_done_callback(_report_stopped_bus)
-        app[http.READINESS]["bus"] = lambda: _bus_ready(running)
-        yield
-        stopping.set()  # consumers finish and acknowledge their batch, then return
-        if not running.done():  # a bus that already stopped was reported when it did
-            await running
+        async with app[BUS].running() as running:
+            running.add_done_callback(_report_stopped_bus)
+            app[http.READINESS]["bus"] = lambda: _bus_ready(running)
+            yield
 
     return bus
 
