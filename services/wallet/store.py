@@ -1,0 +1,127 @@
+"""The wallet's SQL: its own schema, nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+
+from services.wallet.ledger import (
+    Account,
+    AccountFlags,
+    Outcome,
+    Result,
+    Transfer,
+    TransferFlags,
+    invalid,
+)
+from shared.db import Connection
+
+_CREATE_TRANSFERS = """
+SELECT * FROM create_transfers($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[], $5::uuid[],
+                               $6::int[], $7::int[], $8::int[], $9::int[], $10::text[],
+                               $11::text[])"""
+
+_ACCOUNT_COLUMNS = """id, ledger, code, flags, debits_pending, debits_posted, credits_pending,
+    credits_posted, reference"""
+
+
+async def create_transfers(conn: Connection, transfers: Sequence[Transfer]) -> list[Outcome]:
+    """Apply a batch (ids distinct) in one statement; one outcome per transfer, in order."""
+    rows = await conn.fetch(
+        _CREATE_TRANSFERS,
+        [t.id for t in transfers],
+        [t.debit_account_id for t in transfers],
+        [t.credit_account_id for t in transfers],
+        [t.amount if 0 <= t.amount <= 2**63 - 1 else 0 for t in transfers],
+        [t.pending_id for t in transfers],
+        [t.ledger if 0 <= t.ledger < 2**31 else 0 for t in transfers],
+        [t.code if 0 <= t.code < 2**31 else 0 for t in transfers],
+        [int(t.flags) for t in transfers],
+        [t.timeout_s if 0 <= t.timeout_s < 2**31 else 0 for t in transfers],
+        [t.reference for t in transfers],
+        [invalid(t) for t in transfers],
+    )
+    return [_outcome(t, row) for t, row in zip(transfers, rows, strict=True)]
+
+
+def _outcome(asked: Transfer, row: asyncpg.Record) -> Outcome:
+    result = Result(row["result"])
+    if not result.ok:
+        return Outcome(result, asked)
+    stored = Transfer(
+        id=asked.id,
+        debit_account_id=row["debit_account_id"],
+        credit_account_id=row["credit_account_id"],
+        amount=row["amount"],
+        ledger=row["ledger"],
+        code=row["code"],
+        flags=asked.flags,
+        pending_id=asked.pending_id,
+        timeout_s=asked.timeout_s,
+        reference=asked.reference,
+    )
+    return Outcome(result, stored, row["created_at"])
+
+
+async def open_accounts(conn: Connection, accounts: Sequence[Account]) -> None:
+    """Open accounts (empty); opening one that exists with the same id changes nothing."""
+    await conn.execute(
+        """
+        INSERT INTO accounts (id, ledger, code, flags, reference)
+        SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::int[], $5::text[])
+        ON CONFLICT (id) DO NOTHING""",
+        [a.id for a in accounts],
+        [a.ledger for a in accounts],
+        [a.code for a in accounts],
+        [int(a.flags) for a in accounts],
+        [a.reference for a in accounts],
+    )
+
+
+async def accounts(conn: Connection | asyncpg.Pool, ids: Sequence[uuid.UUID]) -> list[Account]:
+    """The accounts among ``ids`` that exist, in id order."""
+    rows = await conn.fetch(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1::uuid[]) ORDER BY id",
+        list(ids),
+    )
+    return [_account(row) for row in rows]
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(**{**dict(row), "flags": AccountFlags(row["flags"])})
+
+
+async def transfers_of(
+    conn: Connection | asyncpg.Pool, account_id: uuid.UUID, *, before: int | None, limit: int
+) -> list[tuple[int, Outcome]]:
+    """An account's transfers, newest first, before the cursor ``before`` (a sequence number)."""
+    rows = await conn.fetch(
+        """
+        SELECT * FROM (
+            SELECT * FROM transfers WHERE debit_account_id = $1 AND seq < $2
+            UNION ALL
+            SELECT * FROM transfers WHERE credit_account_id = $1 AND seq < $2
+        ) t ORDER BY seq DESC LIMIT $3""",
+        account_id,
+        before if before is not None else 2**63 - 1,
+        limit,
+    )
+    return [(row["seq"], _stored(row)) for row in rows]
+
+
+def _stored(row: asyncpg.Record) -> Outcome:
+    transfer = Transfer(
+        id=row["id"],
+        debit_account_id=row["debit_account_id"],
+        credit_account_id=row["credit_account_id"],
+        amount=row["amount"],
+        ledger=row["ledger"],
+        code=row["code"],
+        flags=TransferFlags(row["flags"]),
+        pending_id=row["pending_id"],
+        timeout_s=row["timeout_s"],
+        reference=row["reference"],
+    )
+    return Outcome(Result.CREATED, transfer, row["created_at"])
