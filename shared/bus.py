@@ -77,6 +77,12 @@ class Bus:
         """Write events in the caller's transaction; they leave only if it commits."""
         return await self.outbox.add(conn, key, *payloads)
 
+    async def publish_many(
+        self, conn: Connection, events: Sequence[tuple[str, Event]]
+    ) -> list[Envelope]:
+        """Write events about many keys (``(key, payload)`` pairs) in the caller's transaction."""
+        return await self.outbox.add_many(conn, events)
+
     async def run(self, stopping: asyncio.Event) -> None:
         """Relay, consume and keep tidy until ``stopping`` is set; consumers finish their batch."""
         await asyncio.gather(

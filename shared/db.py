@@ -28,7 +28,10 @@ Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProx
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]
 
 PLATFORM_MIGRATIONS = Path(__file__).parent / "migrations"
-_RETRYABLE = (asyncpg.SerializationError, asyncpg.DeadlockDetectedError)
+_RETRYABLE: tuple[type[asyncpg.PostgresError], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
 _MIGRATION_FILE = re.compile(r"^(\d{3})_[a-z0-9_]+\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _LOCK_KEY = 0x63617264  # "card": the advisory lock all migration runners queue on
@@ -63,13 +66,19 @@ async def in_transaction(
     *,
     isolation: Isolation = "read_committed",
     attempts: int = 5,
+    retry_on: tuple[type[asyncpg.PostgresError], ...] = (),
 ) -> T:
-    """Run ``work`` in a transaction, retrying serialization failures and deadlocks."""
+    """Run ``work`` in a transaction, retrying serialization failures and deadlocks.
+
+    ``retry_on`` adds errors that a fresh attempt resolves (a unique violation from a
+    concurrent insert of the same key, when ``work`` reads before it writes).
+    """
+    retryable = (*_RETRYABLE, *retry_on)
     for attempt in range(1, attempts + 1):
         try:
             async with pool.acquire() as conn, conn.transaction(isolation=isolation):
                 return await work(conn)
-        except _RETRYABLE as exc:
+        except retryable as exc:
             if attempt == attempts:
                 raise
             delay = random.uniform(0, 0.005 * 2**attempt)  # full jitter, bounded

@@ -58,18 +58,19 @@ class Outbox:
 
     async def add(self, conn: Connection, key: str, *payloads: Event) -> list[Envelope]:
         """Record events about ``key``; they are published only if the transaction commits."""
-        now = self.clock.now()
+        return await self.add_many(conn, [(key, p) for p in payloads])
+
+    async def add_many(
+        self, conn: Connection, events: Sequence[tuple[str, Event]]
+    ) -> list[Envelope]:
+        """Record events about many keys at once (``(key, payload)`` pairs, in order)."""
+        now, trace = self.clock.now(), context.traceparent.get()
         envelopes = [
-            seal(
-                p,
-                key=key,
-                source=self.service,
-                occurred_at=now,
-                traceparent=context.traceparent.get(),
-            )
-            for p in payloads
+            seal(p, key=key, source=self.service, occurred_at=now, traceparent=trace)
+            for key, p in events
         ]
-        await self.add_sealed(conn, envelopes, [p.topic for p in payloads])
+        if envelopes:
+            await self.add_sealed(conn, envelopes, [p.topic for _, p in events])
         return envelopes
 
     async def add_sealed(

@@ -89,7 +89,9 @@ class Result(StrEnum):
     DEBIT_ACCOUNT_NOT_FOUND = "debit_account_not_found"
     CREDIT_ACCOUNT_NOT_FOUND = "credit_account_not_found"
     ACCOUNTS_MUST_HAVE_THE_SAME_LEDGER = "accounts_must_have_the_same_ledger"
-    TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS = "transfer_must_have_the_same_ledger_as_accounts"
+    TRANSFER_MUST_HAVE_THE_SAME_LEDGER_AS_ACCOUNTS = (
+        "transfer_must_have_the_same_ledger_as_accounts"
+    )
     DEBIT_ACCOUNT_ALREADY_CLOSED = "debit_account_already_closed"
     CREDIT_ACCOUNT_ALREADY_CLOSED = "credit_account_already_closed"
     PENDING_TRANSFER_NOT_FOUND = "pending_transfer_not_found"

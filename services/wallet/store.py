@@ -23,9 +23,6 @@ SELECT * FROM create_transfers($1::uuid[], $2::uuid[], $3::uuid[], $4::bigint[],
                                $6::int[], $7::int[], $8::int[], $9::int[], $10::text[],
                                $11::text[])"""
 
-_ACCOUNT_COLUMNS = """id, ledger, code, flags, debits_pending, debits_posted, credits_pending,
-    credits_posted, reference"""
-
 
 async def create_transfers(conn: Connection, transfers: Sequence[Transfer]) -> list[Outcome]:
     """Apply a batch (ids distinct) in one statement; one outcome per transfer, in order."""
@@ -83,7 +80,10 @@ async def open_accounts(conn: Connection, accounts: Sequence[Account]) -> None:
 async def accounts(conn: Connection | asyncpg.Pool, ids: Sequence[uuid.UUID]) -> list[Account]:
     """The accounts among ``ids`` that exist, in id order."""
     rows = await conn.fetch(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = ANY($1::uuid[]) ORDER BY id",
+        """
+        SELECT id, ledger, code, flags, debits_pending, debits_posted, credits_pending,
+               credits_posted, reference
+        FROM accounts WHERE id = ANY($1::uuid[]) ORDER BY id""",
         list(ids),
     )
     return [_account(row) for row in rows]

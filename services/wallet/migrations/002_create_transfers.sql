@@ -9,6 +9,7 @@
 --
 -- Inputs are parallel arrays, one element per transfer; ids must be distinct within a batch.
 -- For post/void, NULL accounts and 0 for amount, ledger and code mean "as the pending one".
+-- An empty batch only releases expired holds: the wallet calls it so when it is idle.
 -- t_invalid carries a result already decided from the transfer alone (ledger.py validates
 -- that in Python) so that it still fails its linked chain here.
 
@@ -53,9 +54,6 @@ DECLARE
     s_holds int;
     i int; j int; d int; c int; amt bigint; f int; r text;
 BEGIN
-    IF n = 0 THEN
-        RETURN;
-    END IF;
     IF (SELECT count(DISTINCT u) FROM unnest(t_id) u) <> n THEN
         RAISE EXCEPTION 'transfer ids must be distinct within a batch'
             USING ERRCODE = 'invalid_parameter_value';
@@ -158,7 +156,9 @@ BEGIN
         ELSIF f & (post | void) <> 0 THEN
             j := coalesce(p_ix[i], array_position(h_id, t_pending[i]));
             IF j IS NULL THEN
-                r := CASE WHEN EXISTS (SELECT 1 FROM transfers WHERE id = t_pending[i])
+                j := array_position(t_id[1:i], t_pending[i]);
+                r := CASE WHEN res[j] = 'created'
+                            OR EXISTS (SELECT 1 FROM transfers WHERE id = t_pending[i])
                           THEN 'pending_transfer_not_pending' ELSE 'pending_transfer_not_found' END;
             ELSE
                 d := h_debit[j]; c := h_credit[j];

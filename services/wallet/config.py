@@ -1,0 +1,26 @@
+"""The wallet's own settings, from the environment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from shared.config import Env
+
+
+@dataclass(frozen=True)
+class WalletConfig:
+    """How the ledger batches: writer shards (connections) and the largest batch."""
+
+    ledger_shards: int = 2
+    ledger_max_batch: int = 4000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> WalletConfig:
+        env = Env(environ)
+        return cls(
+            ledger_shards=env.integer("WALLET_LEDGER_SHARDS", cls.ledger_shards, minimum=1),
+            ledger_max_batch=env.integer(
+                "WALLET_LEDGER_MAX_BATCH", cls.ledger_max_batch, minimum=1
+            ),
+        )

@@ -1,0 +1,104 @@
+"""The wallet's events, versioned in this one place: other services consume these types."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from services.wallet.ledger import CURRENCIES, Outcome, Result, TransferFlags
+from shared.events import Event, EventCatalog
+
+wallet_events = EventCatalog("wallet")
+
+
+@wallet_events.event("wallet.transfer.posted", version=1)
+class TransferPosted(Event, frozen=True, kw_only=True):
+    """Money moved (a plain transfer, or a hold captured in full or in part)."""
+
+    transfer_id: uuid.UUID
+    debit_account_id: uuid.UUID
+    credit_account_id: uuid.UUID
+    amount: int
+    currency: str
+    code: int
+    pending_id: uuid.UUID | None = None
+    reference: str | None = None
+
+
+@wallet_events.event("wallet.hold.placed", version=1)
+class HoldPlaced(Event, frozen=True, kw_only=True):
+    """Money set aside on the debit account until the hold is posted, voided or expires."""
+
+    transfer_id: uuid.UUID
+    debit_account_id: uuid.UUID
+    credit_account_id: uuid.UUID
+    amount: int
+    currency: str
+    code: int
+    timeout_s: int
+    reference: str | None = None
+
+
+@wallet_events.event("wallet.transfer.voided", version=1)
+class TransferVoided(Event, frozen=True, kw_only=True):
+    """A hold was released without moving money."""
+
+    transfer_id: uuid.UUID
+    pending_id: uuid.UUID
+    debit_account_id: uuid.UUID
+    credit_account_id: uuid.UUID
+    amount: int
+    currency: str
+    code: int
+
+
+def ledger_events(outcomes: Sequence[Outcome]) -> list[tuple[str, Event]]:
+    """The events of a batch's created transfers, keyed by the account debited (the wallet)."""
+    return [
+        (str(o.transfer.debit_account_id), _event(o))
+        for o in outcomes
+        if o.result is Result.CREATED
+    ]
+
+
+def _event(o: Outcome) -> Event:
+    t = o.transfer
+    assert t.debit_account_id is not None
+    assert t.credit_account_id is not None
+    debit, credit, currency = (
+        t.debit_account_id,
+        t.credit_account_id,
+        CURRENCIES.get(t.ledger, "XXX"),
+    )
+    if t.flags & TransferFlags.VOID_PENDING_TRANSFER:
+        assert t.pending_id is not None
+        return TransferVoided(
+            transfer_id=t.id,
+            pending_id=t.pending_id,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            amount=t.amount,
+            currency=currency,
+            code=t.code,
+        )
+    if t.flags & TransferFlags.PENDING:
+        return HoldPlaced(
+            transfer_id=t.id,
+            debit_account_id=debit,
+            credit_account_id=credit,
+            amount=t.amount,
+            currency=currency,
+            code=t.code,
+            timeout_s=t.timeout_s,
+            reference=t.reference,
+        )
+    return TransferPosted(
+        transfer_id=t.id,
+        debit_account_id=debit,
+        credit_account_id=credit,
+        amount=t.amount,
+        currency=currency,
+        code=t.code,
+        pending_id=t.pending_id,
+        reference=t.reference,
+    )
