@@ -33,6 +33,7 @@ from services.wallet.writer import LedgerWriter
 from shared import db
 from shared.clock import SystemClock
 from shared.db import Connection
+from shared.ids import new_id
 from shared.outbox import Outbox
 
 CNY = 156
@@ -126,7 +127,7 @@ def _spending(draw: Iterator[uuid.UUID], credit: Any) -> Iterator[Transfer]:
     while True:
         debit, to = next(draw), credit()
         if debit != to:
-            yield Transfer(uuid.uuid4(), debit, to, random.randint(1, 100), CNY, 2)
+            yield Transfer(new_id(), debit, to, random.randint(1, 100), CNY, 2)
 
 
 async def _run(
