@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import redis.asyncio as aioredis
 
+from shared import idempotency
 from shared.clock import Clock, wait_for_stop
 from shared.config import BusConfig
 from shared.consumer import TRANSIENT, Consumer, Subscription
@@ -122,7 +123,8 @@ class Bus:
         return dropped
 
     async def prune(self) -> None:
-        """Forget published outbox rows and inbox ids older than the retention window."""
+        """Forget published outbox rows and inbox ids past retention, and expired
+        Idempotency-Key answers (the platform's tables in every service schema)."""
         hours = self.config.retention_hours
         async with self.pool.acquire() as conn:
             await conn.execute(
@@ -131,6 +133,7 @@ class Bus:
             await conn.execute(
                 "DELETE FROM inbox WHERE applied_at < now() - make_interval(hours => $1)", hours
             )
+        await idempotency.prune(self.pool, self.outbox.clock.now())
 
 
 async def trim_acknowledged(redis: aioredis.Redis, stream: str) -> int:

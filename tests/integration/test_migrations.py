@@ -41,11 +41,12 @@ async def test_two_processes_starting_together_apply_each_migration_once(
     ]
     outputs = [(await p.communicate())[0].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
-    assert sorted(o.split(": ")[1].split()[0] for o in outputs) == ["0", "2"]
+    assert sorted(o.split(": ")[1].split()[0] for o in outputs) == ["0", "3"]
     schema = config.service
     assert await ledger(config.database_url, schema) == [
         f"{schema}/001_notes.sql",
         "platform/001_bus.sql",
+        "platform/002_idempotency.sql",
     ]
 
 
@@ -70,6 +71,7 @@ async def test_a_broken_migration_stops_start_up_and_leaves_no_half_schema(
     assert await ledger(config.database_url, service.schema) == [
         f"{service.name}/001_ok.sql",
         "platform/001_bus.sql",
+        "platform/002_idempotency.sql",
     ]
     conn = await asyncpg.connect(config.database_url)
     try:

@@ -3,12 +3,16 @@
 ``POST /notes`` writes a note and a ``notes.written`` event in one transaction; its own
 consumer applies each event by recording it in ``applied`` (the effect whose count proves
 exactly-once). Events whose key is ``NOTES_POISON_KEY`` make the handler fail, always.
+
+``POST /payments`` records a payment (a ``notes`` row keyed ``payment:<currency>``) once per
+``Idempotency-Key``; the caller is named by ``X-Principal``, and a test may put a hook in
+``PAYMENT_HOOK`` that runs inside the payment's transaction (to hold it in flight, or fail it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -18,7 +22,8 @@ from shared.consumer import Subscription
 from shared.db import Connection, in_transaction
 from shared.events import Envelope, Event, EventCatalog
 from shared.http import Problem, read_body
-from shared.service import BUS, POOL, Service
+from shared.idempotency import ANONYMOUS, idempotent
+from shared.service import BUS, CLOCK, POOL, Service
 
 notes_events = EventCatalog("notes")
 
@@ -32,6 +37,15 @@ class NoteWritten(Event):
 class NoteBody(msgspec.Struct, frozen=True):
     key: str
     n: int = 0
+
+
+class PaymentBody(msgspec.Struct, frozen=True):
+    amount: int
+    currency: str
+
+
+PaymentHook = Callable[[], Awaitable[None]]
+PAYMENT_HOOK: web.AppKey[PaymentHook] = web.AppKey("payment_hook")
 
 
 class PoisonedNote(Exception):
@@ -62,8 +76,38 @@ async def read_note(request: web.Request) -> web.Response:
     return web.json_response(dict(row))
 
 
+async def create_payment(request: web.Request) -> web.Response:
+    principal = request.headers.get("X-Principal", ANONYMOUS)
+    return await idempotent(
+        request,
+        request.app[POOL],
+        lambda conn: record_payment(request, conn),
+        principal=principal,
+        clock=request.app[CLOCK],
+    )
+
+
+async def record_payment(request: web.Request, conn: Connection) -> web.Response:
+    body = await read_body(request, PaymentBody)
+    if body.amount <= 0:
+        raise Problem(422, "Unprocessable Content", "amount must be positive")
+    payment_id: int = await conn.fetchval(
+        "INSERT INTO notes (key, n) VALUES ($1, $2) RETURNING id",
+        f"payment:{body.currency}",
+        body.amount,
+    )
+    if (hook := request.app.get(PAYMENT_HOOK)) is not None:
+        await hook()
+    return web.json_response(
+        {"id": payment_id, "amount": body.amount, "currency": body.currency},
+        status=201,
+        headers={"Location": f"/notes/{payment_id}"},
+    )
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/notes", write_note)
+    app.router.add_post("/payments", create_payment)
     app.router.add_get("/notes/{id:\\d+}", read_note)
 
 
