@@ -16,18 +16,19 @@ from services.wallet.writer import LedgerWriter
 from shared.db import Connection
 from shared.service import BUS, POOL, Service
 
-SETTINGS = web.AppKey("wallet_config", WalletConfig)
+WRITER = web.AppKey("ledger_writer", LedgerWriter)
 
 
 def add_routes(app: web.Application) -> None:
-    app[SETTINGS] = WalletConfig.from_env(os.environ)
+    app[handlers.SETTINGS] = WalletConfig.from_env(os.environ)
     app.cleanup_ctx.append(_ledger_writer)
-    app.router.add_get("/v1/wallet/accounts/{account_id}", handlers.account)
-    app.router.add_get("/v1/wallet/accounts/{account_id}/transfers", handlers.statement)
+    app.router.add_post(
+        "/v1/wallet/providers/{provider}/notifications", handlers.provider_notification
+    )
 
 
 async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
-    bus, settings = app[BUS], app[SETTINGS]
+    bus, settings = app[BUS], app[handlers.SETTINGS]
 
     async def publish(conn: Connection, outcomes: Sequence[Outcome]) -> None:
         await bus.publish_many(conn, ledger_events(outcomes))
@@ -35,7 +36,7 @@ async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
     writer = LedgerWriter(
         app[POOL], publish, shards=settings.ledger_shards, max_batch=settings.ledger_max_batch
     )
-    app[handlers.WRITER] = writer
+    app[WRITER] = writer
     writer.start()
     yield
     await writer.stop()

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from services.wallet.topups import Provider, parse_providers
 from shared.config import Env
 
 
 @dataclass(frozen=True)
 class WalletConfig:
-    """How the ledger batches: writer shards (connections) and the largest batch."""
+    """How the ledger batches, and the payment providers we take top-ups from."""
 
     ledger_shards: int = 2
     ledger_max_batch: int = 4000
+    providers: Mapping[str, Provider] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> WalletConfig:
@@ -23,4 +25,5 @@ class WalletConfig:
             ledger_max_batch=env.integer(
                 "WALLET_LEDGER_MAX_BATCH", cls.ledger_max_batch, minimum=1
             ),
+            providers={p.name: p for p in parse_providers(environ.get("WALLET_PROVIDERS", ""))},
         )

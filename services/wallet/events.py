@@ -52,6 +52,18 @@ class TransferVoided(Event, frozen=True, kw_only=True):
     code: int
 
 
+@wallet_events.event("wallet.topup.completed", version=1)
+class TopUpCompleted(Event, frozen=True, kw_only=True):
+    """A provider's payment credited a rider's wallet (transit lets a denied rider through)."""
+
+    order_id: uuid.UUID
+    account_id: uuid.UUID
+    rider: str
+    amount: int
+    currency: str
+    provider: str
+
+
 def ledger_events(outcomes: Sequence[Outcome]) -> list[tuple[str, Event]]:
     """The events of a batch's created transfers, keyed by the account debited (the wallet)."""
     return [

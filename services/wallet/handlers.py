@@ -1,80 +1,91 @@
-"""HTTP handlers: parse, call the ledger, shape the answer."""
+"""HTTP handlers: parse, call a use case, shape the answer."""
 
 from __future__ import annotations
 
-import uuid
+import logging
+from datetime import datetime
+from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from services.wallet import store
-from services.wallet.ledger import CURRENCIES, Account, Outcome
-from services.wallet.writer import LedgerWriter
+from services.wallet import store, topups
+from services.wallet.config import WalletConfig
+from services.wallet.topups import NotificationRejected, Payment, Provider
+from shared.db import Connection, in_transaction
 from shared.http import Problem
-from shared.service import POOL
+from shared.service import BUS, CLOCK, POOL
 
-WRITER = web.AppKey("ledger_writer", LedgerWriter)
-PAGE_SIZE = 50
+log = logging.getLogger(__name__)
+SETTINGS = web.AppKey("wallet_config", WalletConfig)
 PROBLEMS = "https://cardless.dev/problems/wallet"
 
 
-def _uuid(text: str, what: str) -> uuid.UUID:
+async def provider_notification(request: web.Request) -> web.Response:
+    """A provider tells us a payment happened: verify, then credit the order once."""
+    provider = _provider(request)
+    body = await request.read()
+    now = request.app[CLOCK].now()
     try:
-        return uuid.UUID(text)
-    except ValueError:
-        raise Problem(
-            400, "Bad Request", f"{what} is not a UUID", type_=f"{PROBLEMS}/bad-id"
-        ) from None
-
-
-async def account(request: web.Request) -> web.Response:
-    """An account's balances."""
-    found = await store.accounts(
-        request.app[POOL], [_uuid(request.match_info["account_id"], "account id")]
-    )
-    if not found:
-        raise Problem(404, "Not Found", "no such account", type_=f"{PROBLEMS}/account-not-found")
-    return web.json_response(_account_json(found[0]))
-
-
-async def statement(request: web.Request) -> web.Response:
-    """An account's transfers, newest first; ``next`` is the cursor of the following page."""
-    account_id = _uuid(request.match_info["account_id"], "account id")
-    cursor = request.query.get("cursor")
-    if cursor is not None and not cursor.isdigit():
-        raise Problem(
-            400, "Bad Request", "cursor is not one we gave", type_=f"{PROBLEMS}/bad-cursor"
+        payment = _read(provider, body, request, now)
+        outcome = "ignored" if payment is None else await _credit(request, provider, payment)
+    except NotificationRejected as exc:
+        log.warning(
+            "provider notification rejected",
+            extra={"provider": provider.name, "reason": exc.reason, "status": exc.status},
         )
-    page = await store.transfers_of(
-        request.app[POOL], account_id, before=int(cursor) if cursor else None, limit=PAGE_SIZE
+        await store.log_notification(
+            request.app[POOL], provider.name, _claimed_id(provider, request, body), None,
+            f"rejected: {exc.reason}",
+        )  # fmt: skip
+        raise Problem(
+            exc.status, "Notification rejected", exc.reason, type_=f"{PROBLEMS}/notification"
+        ) from None
+    log.info("provider notification", extra={"provider": provider.name, "outcome": outcome})
+    # Alipay stops retrying only when it reads exactly "success".
+    return (
+        web.Response(text="success")
+        if provider.scheme == "alipay-rsa2"
+        else web.Response(status=204)
     )
-    items = [_entry_json(account_id, o) for _, o in page]
-    next_cursor = str(page[-1][0]) if len(page) == PAGE_SIZE else None
-    return web.json_response({"items": items, "next": next_cursor})
 
 
-def _account_json(a: Account) -> dict[str, object]:
-    return {
-        "id": str(a.id),
-        "currency": CURRENCIES.get(a.ledger, "XXX"),
-        "code": a.code,
-        "available": a.available,
-        "debits_posted": a.debits_posted,
-        "credits_posted": a.credits_posted,
-        "debits_pending": a.debits_pending,
-        "credits_pending": a.credits_pending,
-    }
+def _provider(request: web.Request) -> Provider:
+    name = request.match_info["provider"]
+    found = request.app[SETTINGS].providers.get(name)
+    if found is None:
+        raise Problem(404, "Not Found", "no such provider", type_=f"{PROBLEMS}/unknown-provider")
+    return found
 
 
-def _entry_json(account_id: uuid.UUID, o: Outcome) -> dict[str, object]:
-    t = o.transfer
-    sign = -1 if t.debit_account_id == account_id else 1
-    return {
-        "id": str(t.id),
-        "amount": sign * t.amount,
-        "currency": CURRENCIES.get(t.ledger, "XXX"),
-        "code": t.code,
-        "flags": int(t.flags),
-        "pending_id": str(t.pending_id) if t.pending_id else None,
-        "reference": t.reference,
-        "at": o.created_at.isoformat() if o.created_at else None,
-    }
+def _read(provider: Provider, body: bytes, request: web.Request, now: datetime) -> Payment | None:
+    if provider.scheme == "standard-webhooks":
+        return topups.read_standard_webhook(provider, body, request.headers, now)
+    return topups.read_alipay(provider, _form(body), now)
+
+
+def _form(body: bytes) -> dict[str, str]:
+    try:
+        return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True))
+    except (UnicodeDecodeError, ValueError):
+        raise NotificationRejected("body is not a UTF-8 form") from None
+
+
+async def _credit(request: web.Request, provider: Provider, payment: Payment) -> str:
+    async def work(conn: Connection) -> str:
+        outcome = await topups.credit(conn, provider, payment, request.app[BUS].publish_many)
+        await store.log_notification(
+            conn, provider.name, payment.notification_id, payment.order_id, outcome
+        )
+        return outcome
+
+    return await in_transaction(request.app[POOL], work)
+
+
+def _claimed_id(provider: Provider, request: web.Request, body: bytes) -> str:
+    """The notification id the sender claims (unverified: for the operator's log only)."""
+    if provider.scheme == "standard-webhooks":
+        return request.headers.get("webhook-id", "")
+    try:
+        return _form(body).get("notify_id", "")
+    except NotificationRejected:
+        return ""

@@ -125,3 +125,63 @@ def _stored(row: asyncpg.Record) -> Outcome:
         reference=row["reference"],
     )
     return Outcome(Result.CREATED, transfer, row["created_at"])
+
+
+async def create_top_up(
+    conn: Connection,
+    order_id: uuid.UUID,
+    rider: str,
+    account_id: uuid.UUID,
+    provider: str,
+    amount: int,
+    currency: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO topups (id, rider, account_id, provider, amount, currency)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        order_id,
+        rider,
+        account_id,
+        provider,
+        amount,
+        currency,
+    )
+
+
+async def top_up_for_update(conn: Connection, order_id: uuid.UUID) -> asyncpg.Record | None:
+    """The order, locked until the transaction ends (one notification at a time per order)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, rider, account_id, provider, amount, currency, status, provider_reference"
+        " FROM topups WHERE id = $1 FOR UPDATE",
+        order_id,
+    )
+    return row
+
+
+async def mark_paid(
+    conn: Connection, order_id: uuid.UUID, provider_reference: str, transfer_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        "UPDATE topups SET status = 'paid', provider_reference = $2, transfer_id = $3,"
+        " paid_at = now() WHERE id = $1",
+        order_id,
+        provider_reference,
+        transfer_id,
+    )
+
+
+async def log_notification(
+    conn: Connection | asyncpg.Pool,
+    provider: str,
+    notification_id: str,
+    order_id: uuid.UUID | None,
+    outcome: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO provider_notifications (provider, notification_id, order_id, outcome)"
+        " VALUES ($1, $2, $3, $4)",
+        provider,
+        notification_id[:200],
+        order_id,
+        outcome,
+    )

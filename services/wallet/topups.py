@@ -1,0 +1,275 @@
+"""Top-ups: a rider's order, a provider's signed word that it was paid, and the rules between.
+
+A provider's notification is verified on the exact bytes received, against every active key
+of that provider (rotation), with a two-sided time window read from an injectable clock.
+Only then is it read as a ``Payment``; whether it credits anything is decided in ``credit``:
+the order must exist, belong to that provider and match amount and currency. The credit is a
+ledger transfer whose id derives from the order's, so it can happen once, however often and
+in whatever order the provider notifies.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import msgspec
+
+from services.wallet import providers, store
+from services.wallet.events import TopUpCompleted, ledger_events
+from services.wallet.ledger import (
+    LEDGERS,
+    Account,
+    AccountCode,
+    AccountFlags,
+    Transfer,
+    TransferCode,
+)
+from shared.config import ConfigError
+from shared.db import Connection
+from shared.events import Event
+from shared.ids import new_id
+from shared.money import Money
+
+Scheme = Literal["standard-webhooks", "alipay-rsa2"]
+_IDS = uuid.UUID("6f1c8a52-3d0e-4a57-9a0c-2b1f6f0e9c11")  # namespace of the wallet's derived ids
+_ALIPAY_TIME = ZoneInfo("Asia/Shanghai")  # Alipay's notify_time is Beijing time, no offset
+_ALIPAY_PAID = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
+
+
+class NotificationRejected(Exception):
+    """A notification we will not act on; ``reason`` is safe to log (no secrets, no body)."""
+
+    def __init__(self, reason: str, status: int = 400) -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
+@dataclass(frozen=True)
+class Provider:
+    """A payment provider as configured: how it signs, with which keys, in which currency."""
+
+    name: str
+    scheme: Scheme
+    currency: str
+    webhook_keys: providers.StandardWebhooksKeys | None = None
+    alipay_keys: providers.AlipayKeys | None = None
+    app_id: str | None = None
+    tolerance: timedelta = providers.DEFAULT_TOLERANCE
+
+    @property
+    def clearing_account(self) -> uuid.UUID:
+        """The account a provider's top-ups are debited from (what the provider owes us)."""
+        return derived_id(f"clearing/{self.name}/{self.currency}")
+
+
+@dataclass(frozen=True)
+class Payment:
+    """What a verified notification says: this order was paid, this much."""
+
+    notification_id: str
+    order_id: uuid.UUID
+    provider_reference: str
+    amount: Money
+
+
+def derived_id(name: str) -> uuid.UUID:
+    """A stable id for a wallet-owned thing named ``name`` (an account, a credit)."""
+    return uuid.uuid5(_IDS, name)
+
+
+def wallet_account(rider: str, currency: str) -> uuid.UUID:
+    return derived_id(f"wallet/{rider}/{currency}")
+
+
+def credit_transfer_id(order_id: uuid.UUID) -> uuid.UUID:
+    """The one transfer that may ever credit an order."""
+    return derived_id(f"topup/{order_id}")
+
+
+WALLET_CODE, CLEARING_CODE = AccountCode.RIDER_WALLET, AccountCode.PROVIDER_CLEARING
+_WALLET_FLAGS = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+
+
+class _Data(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    order_id: uuid.UUID
+    provider_reference: str
+    amount: str
+    currency: str
+
+
+class _SandboxEvent(msgspec.Struct, frozen=True):
+    type: str
+    data: _Data
+
+
+def read_standard_webhook(
+    provider: Provider, body: bytes, headers: Mapping[str, str], now: datetime
+) -> Payment | None:
+    """A verified ``payment.succeeded`` as a Payment; None for event types that move nothing."""
+    assert provider.webhook_keys is not None
+    try:
+        providers.verify_standard_webhook(
+            body, headers, provider.webhook_keys.secrets, now=now, tolerance=provider.tolerance
+        )
+    except providers.SignatureError as exc:
+        raise NotificationRejected(exc.reason, 401) from None
+    try:
+        event = msgspec.json.decode(body, type=_SandboxEvent)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise NotificationRejected("body is not a payment event") from None
+    if event.type != "payment.succeeded":
+        return None
+    return Payment(
+        notification_id=headers.get(providers.ID_HEADER, ""),
+        order_id=event.data.order_id,
+        provider_reference=event.data.provider_reference,
+        amount=_amount(event.data.amount, event.data.currency),
+    )
+
+
+def read_alipay(provider: Provider, form: Mapping[str, str], now: datetime) -> Payment | None:
+    """A verified, paid Alipay trade notification as a Payment; None if the trade is not paid."""
+    assert provider.alipay_keys is not None
+    try:
+        params = providers.verify_alipay_notification(form, provider.alipay_keys.public_keys)
+    except providers.SignatureError as exc:
+        raise NotificationRejected(exc.reason, 401) from None
+    if provider.app_id is not None and params.get("app_id") != provider.app_id:
+        raise NotificationRejected("notification is for another app_id", 401)
+    _check_fresh(params.get("notify_time", ""), now, provider.tolerance)
+    if params.get("trade_status") not in _ALIPAY_PAID:
+        return None
+    try:
+        order_id = uuid.UUID(params.get("out_trade_no", ""))
+    except ValueError:
+        raise NotificationRejected("out_trade_no is not one of our orders", 404) from None
+    return Payment(
+        notification_id=params.get("notify_id", ""),
+        order_id=order_id,
+        provider_reference=params.get("trade_no", ""),
+        amount=_amount(params.get("total_amount", ""), provider.currency),
+    )
+
+
+def _check_fresh(notify_time: str, now: datetime, tolerance: timedelta) -> None:
+    try:
+        sent = datetime.strptime(notify_time, "%Y-%m-%d %H:%M:%S").replace(tzinfo=_ALIPAY_TIME)
+    except ValueError:
+        raise NotificationRejected("notify_time is missing or malformed") from None
+    if abs(now - sent) > tolerance:
+        raise NotificationRejected("notify_time outside tolerance", 401)
+
+
+def _amount(text: str, currency: str) -> Money:
+    try:
+        return Money.parse(text, currency)
+    except ValueError:
+        raise NotificationRejected("amount is not a valid amount of its currency") from None
+
+
+class _ProviderSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    scheme: Scheme
+    currency: str = "CNY"
+    secrets: tuple[str, ...] = ()
+    public_keys: tuple[str, ...] = ()
+    app_id: str | None = None
+    tolerance_s: int = 300
+
+
+def parse_providers(text: str) -> tuple[Provider, ...]:
+    """Providers from ``WALLET_PROVIDERS``: JSON, name -> {scheme, currency, keys, …}."""
+    try:
+        specs = msgspec.json.decode(text.strip() or "{}", type=dict[str, _ProviderSpec])
+        return tuple(_provider(name, spec) for name, spec in sorted(specs.items()))
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"WALLET_PROVIDERS: {exc}") from None
+
+
+def _provider(name: str, spec: _ProviderSpec) -> Provider:
+    if spec.currency not in LEDGERS:
+        raise ValueError(f"{name}: currency {spec.currency} has no ledger")
+    tolerance = timedelta(seconds=spec.tolerance_s)
+    if spec.scheme == "standard-webhooks":
+        keys = providers.StandardWebhooksKeys(spec.secrets)
+        return Provider(name, spec.scheme, spec.currency, keys, tolerance=tolerance)
+    alipay = providers.AlipayKeys(spec.public_keys)
+    return Provider(
+        name, spec.scheme, spec.currency, None, alipay, spec.app_id, tolerance=tolerance
+    )
+
+
+class TopUpRefused(Exception):
+    """A rider's top-up order cannot be made as asked (currency, bounds)."""
+
+
+@dataclass(frozen=True)
+class TopUpOrder:
+    id: uuid.UUID
+    rider: str
+    account_id: uuid.UUID
+    provider: str
+    amount: Money
+
+
+Publish = Callable[[Connection, Sequence[tuple[str, Event]]], Awaitable[object]]
+MAX_TOP_UP_MINOR = 1_000_000  # 10,000.00 in a two-decimal currency: a wallet, not a bank
+
+
+async def create_order(
+    conn: Connection, provider: Provider, rider: str, amount: Money
+) -> TopUpOrder:
+    """Open the rider's wallet if need be and record an order awaiting the provider."""
+    if amount.currency != provider.currency:
+        raise TopUpRefused(f"{provider.name} takes {provider.currency}, not {amount.currency}")
+    if not 0 < amount.minor <= MAX_TOP_UP_MINOR:
+        raise TopUpRefused(f"a top-up is between 1 and {MAX_TOP_UP_MINOR} minor units")
+    account = wallet_account(rider, amount.currency)
+    await store.open_accounts(
+        conn, [Account(account, LEDGERS[amount.currency], WALLET_CODE, _WALLET_FLAGS)]
+    )
+    order = TopUpOrder(new_id(), rider, account, provider.name, amount)
+    await store.create_top_up(
+        conn, order.id, rider, account, provider.name, amount.minor, amount.currency
+    )
+    return order
+
+
+async def credit(conn: Connection, provider: Provider, payment: Payment, publish: Publish) -> str:
+    """Credit the order a verified payment names, once; returns what was done."""
+    order = await store.top_up_for_update(conn, payment.order_id)
+    if order is None or order["provider"] != provider.name:
+        raise NotificationRejected("no such order for this provider", 404)
+    if Money(order["amount"], order["currency"].strip()) != payment.amount:
+        raise NotificationRejected("amount or currency differs from the order", 422)
+    if order["status"] == "paid":
+        return "already credited"
+    ledger = LEDGERS[payment.amount.currency]
+    await store.open_accounts(conn, [Account(provider.clearing_account, ledger, CLEARING_CODE)])
+    transfer = Transfer(
+        id=credit_transfer_id(order["id"]),
+        debit_account_id=provider.clearing_account,
+        credit_account_id=order["account_id"],
+        amount=payment.amount.minor,
+        ledger=ledger,
+        code=TransferCode.TOP_UP,
+        reference=f"topup/{order['id']}",
+    )
+    (outcome,) = await store.create_transfers(conn, [transfer])
+    if not outcome.result.ok:  # a clearing account has no limit: this is a bug, not a refusal
+        raise RuntimeError(f"the ledger refused a top-up credit: {outcome.result}")
+    await store.mark_paid(conn, order["id"], payment.provider_reference, transfer.id)
+    completed = TopUpCompleted(
+        order_id=order["id"],
+        account_id=order["account_id"],
+        rider=order["rider"],
+        amount=payment.amount.minor,
+        currency=payment.amount.currency,
+        provider=provider.name,
+    )
+    await publish(conn, [(str(order["account_id"]), completed), *ledger_events([outcome])])
+    return "credited"
