@@ -3,4 +3,6 @@
 ``cardless up`` starts every service listed; ``CARDLESS_SERVICES`` narrows or extends the list.
 """
 
-REGISTRY: dict[str, str] = {}
+REGISTRY: dict[str, str] = {
+    "wallet": "services.wallet.app:SERVICE",
+}
