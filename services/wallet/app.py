@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from services.wallet import handlers
+from services.wallet import consumers, handlers
 from services.wallet.config import WalletConfig
 from services.wallet.events import ledger_events, wallet_events
 from services.wallet.ledger import Outcome
@@ -47,4 +47,5 @@ SERVICE = Service(
     add_routes=add_routes,
     migrations=Path(__file__).parent / "migrations",
     produces=[wallet_events],
+    subscriptions=consumers.subscriptions,
 )

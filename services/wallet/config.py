@@ -15,6 +15,7 @@ class WalletConfig:
 
     ledger_shards: int = 2
     ledger_max_batch: int = 4000
+    low_balance_minor: int = 500
     providers: Mapping[str, Provider] = field(default_factory=dict)
 
     @classmethod
@@ -25,5 +26,6 @@ class WalletConfig:
             ledger_max_batch=env.integer(
                 "WALLET_LEDGER_MAX_BATCH", cls.ledger_max_batch, minimum=1
             ),
+            low_balance_minor=env.integer("WALLET_LOW_BALANCE_MINOR", cls.low_balance_minor),
             providers={p.name: p for p in parse_providers(environ.get("WALLET_PROVIDERS", ""))},
         )

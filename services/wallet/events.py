@@ -64,6 +64,30 @@ class TopUpCompleted(Event, frozen=True, kw_only=True):
     provider: str
 
 
+@wallet_events.event("wallet.fare.debit_failed", version=1)
+class FareDebitFailed(Event, frozen=True, kw_only=True):
+    """A fare could not be charged: the wallet lacks funds (transit denies the rider at gates
+    until a ``wallet.topup.completed`` for them)."""
+
+    charge_id: uuid.UUID
+    rider: str
+    account_id: uuid.UUID
+    amount: int
+    currency: str
+    available: int
+
+
+@wallet_events.event("wallet.balance.low", version=1)
+class BalanceLow(Event, frozen=True, kw_only=True):
+    """After a fare, a wallet holds less than the travel threshold (the app nudges a top-up)."""
+
+    rider: str
+    account_id: uuid.UUID
+    available: int
+    threshold: int
+    currency: str
+
+
 def ledger_events(outcomes: Sequence[Outcome]) -> list[tuple[str, Event]]:
     """The events of a batch's created transfers, keyed by the account debited (the wallet)."""
     return [

@@ -92,7 +92,7 @@ def credit_transfer_id(order_id: uuid.UUID) -> uuid.UUID:
 
 
 WALLET_CODE, CLEARING_CODE = AccountCode.RIDER_WALLET, AccountCode.PROVIDER_CLEARING
-_WALLET_FLAGS = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+WALLET_FLAGS = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 
 
 class _Data(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
@@ -230,7 +230,7 @@ async def create_order(
         raise TopUpRefused(f"a top-up is between 1 and {MAX_TOP_UP_MINOR} minor units")
     account = wallet_account(rider, amount.currency)
     await store.open_accounts(
-        conn, [Account(account, LEDGERS[amount.currency], WALLET_CODE, _WALLET_FLAGS)]
+        conn, [Account(account, LEDGERS[amount.currency], WALLET_CODE, WALLET_FLAGS)]
     )
     order = TopUpOrder(new_id(), rider, account, provider.name, amount)
     await store.create_top_up(

@@ -1,0 +1,28 @@
+"""What the wallet does with other services' events."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from services.transit.events import FareCharged, transit_events
+from services.wallet import fares
+from services.wallet.handlers import SETTINGS
+from shared.consumer import Subscription
+from shared.db import Connection
+from shared.events import Envelope, Event
+from shared.service import BUS
+
+
+def subscriptions(app: web.Application) -> Sequence[Subscription]:
+    async def charge_fare(conn: Connection, event: Event, envelope: Envelope) -> None:
+        assert isinstance(event, FareCharged)
+        await fares.charge(
+            conn,
+            event,
+            low_balance=app[SETTINGS].low_balance_minor,
+            publish=app[BUS].publish_many,
+        )
+
+    return [Subscription(transit_events, {FareCharged: charge_fare})]
