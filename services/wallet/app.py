@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -12,9 +13,10 @@ from services.wallet import consumers, handlers
 from services.wallet.config import WalletConfig
 from services.wallet.events import ledger_events, wallet_events
 from services.wallet.ledger import Outcome
+from services.wallet.webhooks import Backoff, WebhookSender
 from services.wallet.writer import LedgerWriter
 from shared.db import Connection
-from shared.service import BUS, POOL, Service
+from shared.service import BUS, CLOCK, POOL, Service
 
 WRITER = web.AppKey("ledger_writer", LedgerWriter)
 
@@ -22,6 +24,7 @@ WRITER = web.AppKey("ledger_writer", LedgerWriter)
 def add_routes(app: web.Application) -> None:
     app[handlers.SETTINGS] = WalletConfig.from_env(os.environ)
     app.cleanup_ctx.append(_ledger_writer)
+    app.cleanup_ctx.append(_webhook_sender)
     app.router.add_post(
         "/v1/wallet/providers/{provider}/notifications", handlers.provider_notification
     )
@@ -40,6 +43,17 @@ async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
     writer.start()
     yield
     await writer.stop()
+
+
+async def _webhook_sender(app: web.Application) -> AsyncIterator[None]:
+    settings = app[handlers.SETTINGS]
+    backoff = Backoff(base_s=settings.webhook_backoff_s, attempts=settings.webhook_attempts)
+    sender = WebhookSender(app[POOL], dict(settings.providers), app[CLOCK], backoff)
+    stopping = asyncio.Event()
+    task = asyncio.create_task(sender.run(stopping), name="webhook-sender")
+    yield
+    stopping.set()
+    await task
 
 
 SERVICE = Service(

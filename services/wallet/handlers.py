@@ -8,9 +8,9 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from services.wallet import store, topups
+from services.wallet import refunds, store, topups
 from services.wallet.config import WalletConfig
-from services.wallet.topups import NotificationRejected, Payment, Provider
+from services.wallet.topups import NotificationRejected, Payment, Provider, RefundSettled
 from shared.db import Connection, in_transaction
 from shared.http import Problem
 from shared.service import BUS, CLOCK, POOL
@@ -26,8 +26,8 @@ async def provider_notification(request: web.Request) -> web.Response:
     body = await request.read()
     now = request.app[CLOCK].now()
     try:
-        payment = _read(provider, body, request, now)
-        outcome = "ignored" if payment is None else await _credit(request, provider, payment)
+        notice = _read(provider, body, request, now)
+        outcome = "ignored" if notice is None else await _act(request, provider, notice)
     except NotificationRejected as exc:
         log.warning(
             "provider notification rejected",
@@ -57,7 +57,9 @@ def _provider(request: web.Request) -> Provider:
     return found
 
 
-def _read(provider: Provider, body: bytes, request: web.Request, now: datetime) -> Payment | None:
+def _read(
+    provider: Provider, body: bytes, request: web.Request, now: datetime
+) -> Payment | RefundSettled | None:
     if provider.scheme == "standard-webhooks":
         return topups.read_standard_webhook(provider, body, request.headers, now)
     return topups.read_alipay(provider, _form(body), now)
@@ -70,12 +72,17 @@ def _form(body: bytes) -> dict[str, str]:
         raise NotificationRejected("body is not a UTF-8 form") from None
 
 
-async def _credit(request: web.Request, provider: Provider, payment: Payment) -> str:
+async def _act(request: web.Request, provider: Provider, notice: Payment | RefundSettled) -> str:
+    publish = request.app[BUS].publish_many
+
     async def work(conn: Connection) -> str:
-        outcome = await topups.credit(conn, provider, payment, request.app[BUS].publish_many)
-        await store.log_notification(
-            conn, provider.name, payment.notification_id, payment.order_id, outcome
-        )
+        if isinstance(notice, Payment):
+            outcome = await topups.credit(conn, provider, notice, publish)
+            subject = notice.order_id
+        else:
+            outcome = await refunds.settle(conn, provider, notice, publish)
+            subject = notice.refund_id
+        await store.log_notification(conn, provider.name, notice.notification_id, subject, outcome)
         return outcome
 
     return await in_transaction(request.app[POOL], work)

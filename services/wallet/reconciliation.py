@@ -32,6 +32,11 @@ _EXACT = Context(prec=64, traps=[Inexact, Rounded, InvalidOperation])
 _Row = TypeVar("_Row", "Expected", "BillLine")
 
 
+def _check_currency(currency: str) -> None:
+    if currency not in LEDGERS:
+        raise ValueError(f"no ledger for currency {currency!r}")
+
+
 class BillError(ValueError):
     """A bill that cannot be read as a whole; names the line (the header is line 1) and column."""
 
@@ -176,11 +181,7 @@ class Correction:
 
 def parse_bill(data: bytes, fmt: BillFormat) -> list[BillLine]:
     """The bill's successful lines; any line that cannot be read fails the whole bill."""
-    reader = csv.reader(io.StringIO(_text(data), newline=""), strict=True)
-    try:
-        rows = [(reader.line_num, row) for row in reader]
-    except csv.Error as e:
-        raise BillError(reader.line_num, None, f"not CSV: {e}") from None
+    rows = _rows(_text(data))
     if not rows:
         raise BillError(1, None, "the bill is empty; it needs a header line")
     (_, header), body = rows[0], rows[1:]
@@ -272,6 +273,19 @@ def _text(data: bytes) -> str:
         return data.decode("utf-8-sig")  # "-sig": spreadsheet exports often start with a BOM
     except UnicodeDecodeError as e:
         raise BillError(data[: e.start].count(b"\n") + 1, None, "not UTF-8") from e
+
+
+def _rows(text: str) -> list[tuple[int, list[str]]]:
+    """Each record with the line it starts on: a quoted value may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, start = [], 1
+    try:
+        for row in reader:
+            rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise BillError(start, None, f"not CSV: {e}") from None
+    return rows
 
 
 def _where(header: list[str], fmt: BillFormat) -> dict[str, int]:
@@ -381,8 +395,3 @@ def _money(minor: int, currency: str) -> dict[str, object]:
 
 def _show(value: str) -> str:
     return repr(value if len(value) <= 40 else value[:40] + "...")
-
-
-def _check_currency(currency: str) -> None:
-    if currency not in LEDGERS:
-        raise ValueError(f"no ledger for currency {currency!r}")

@@ -185,3 +185,45 @@ async def log_notification(
         order_id,
         outcome,
     )
+
+
+async def refunded_so_far(conn: Connection, order_id: uuid.UUID) -> int:
+    """What refunds of a top-up take back, counting those still awaiting the provider."""
+    total: int = await conn.fetchval(
+        "SELECT coalesce(sum(amount), 0) FROM refunds WHERE topup_id = $1 AND status <> 'failed'",
+        order_id,
+    )
+    return total
+
+
+async def create_refund(
+    conn: Connection, refund_id: uuid.UUID, order_id: uuid.UUID, amount: int, hold_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        "INSERT INTO refunds (id, topup_id, amount, hold_id) VALUES ($1, $2, $3, $4)",
+        refund_id,
+        order_id,
+        amount,
+        hold_id,
+    )
+
+
+async def refund_for_update(conn: Connection, refund_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT r.id, r.topup_id, r.amount, r.status, r.hold_id, t.provider, t.rider,"
+        " t.currency FROM refunds r JOIN topups t ON t.id = r.topup_id"
+        " WHERE r.id = $1 FOR UPDATE OF r",
+        refund_id,
+    )
+    return row
+
+
+async def resolve_refund(
+    conn: Connection, refund_id: uuid.UUID, status: str, transfer_id: uuid.UUID
+) -> None:
+    await conn.execute(
+        "UPDATE refunds SET status = $2, resolved_by = $3, resolved_at = now() WHERE id = $1",
+        refund_id,
+        status,
+        transfer_id,
+    )

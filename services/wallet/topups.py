@@ -60,6 +60,10 @@ class Provider:
     alipay_keys: providers.AlipayKeys | None = None
     app_id: str | None = None
     tolerance: timedelta = providers.DEFAULT_TOLERANCE
+    webhook_url: str | None = None
+    """Where we send this provider our webhooks (refund requested, settlement ready)."""
+    outgoing_keys: providers.StandardWebhooksKeys | None = None
+    """The secrets we sign those webhooks with: several during a rotation."""
 
     @property
     def clearing_account(self) -> uuid.UUID:
@@ -95,22 +99,38 @@ WALLET_CODE, CLEARING_CODE = AccountCode.RIDER_WALLET, AccountCode.PROVIDER_CLEA
 WALLET_FLAGS = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 
 
-class _Data(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class _PaymentData(msgspec.Struct, frozen=True):
     order_id: uuid.UUID
     provider_reference: str
     amount: str
     currency: str
 
 
+class _RefundData(msgspec.Struct, frozen=True):
+    refund_id: uuid.UUID
+
+
 class _SandboxEvent(msgspec.Struct, frozen=True):
     type: str
-    data: _Data
+    data: msgspec.Raw
+
+
+@dataclass(frozen=True)
+class RefundSettled:
+    """What a verified notification says about a refund we asked for: done, or failed."""
+
+    notification_id: str
+    refund_id: uuid.UUID
+    succeeded: bool
+
+
+_REFUND_TYPES = {"refund.succeeded": True, "refund.failed": False}
 
 
 def read_standard_webhook(
     provider: Provider, body: bytes, headers: Mapping[str, str], now: datetime
-) -> Payment | None:
-    """A verified ``payment.succeeded`` as a Payment; None for event types that move nothing."""
+) -> Payment | RefundSettled | None:
+    """A verified notification as what it says; None for event types that move nothing."""
     assert provider.webhook_keys is not None
     try:
         providers.verify_standard_webhook(
@@ -118,17 +138,22 @@ def read_standard_webhook(
         )
     except providers.SignatureError as exc:
         raise NotificationRejected(exc.reason, 401) from None
+    notification_id = headers.get(providers.ID_HEADER, "")
     try:
         event = msgspec.json.decode(body, type=_SandboxEvent)
+        if event.type in _REFUND_TYPES:
+            refund = msgspec.json.decode(event.data, type=_RefundData)
+            return RefundSettled(notification_id, refund.refund_id, _REFUND_TYPES[event.type])
+        if event.type != "payment.succeeded":
+            return None
+        data = msgspec.json.decode(event.data, type=_PaymentData)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        raise NotificationRejected("body is not a payment event") from None
-    if event.type != "payment.succeeded":
-        return None
+        raise NotificationRejected("body is not an event we know") from None
     return Payment(
-        notification_id=headers.get(providers.ID_HEADER, ""),
-        order_id=event.data.order_id,
-        provider_reference=event.data.provider_reference,
-        amount=_amount(event.data.amount, event.data.currency),
+        notification_id=notification_id,
+        order_id=data.order_id,
+        provider_reference=data.provider_reference,
+        amount=_amount(data.amount, data.currency),
     )
 
 
@@ -179,6 +204,8 @@ class _ProviderSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_keys: tuple[str, ...] = ()
     app_id: str | None = None
     tolerance_s: int = 300
+    webhook_url: str | None = None
+    outgoing_secrets: tuple[str, ...] = ()
 
 
 def parse_providers(text: str) -> tuple[Provider, ...]:
@@ -193,13 +220,21 @@ def parse_providers(text: str) -> tuple[Provider, ...]:
 def _provider(name: str, spec: _ProviderSpec) -> Provider:
     if spec.currency not in LEDGERS:
         raise ValueError(f"{name}: currency {spec.currency} has no ledger")
-    tolerance = timedelta(seconds=spec.tolerance_s)
-    if spec.scheme == "standard-webhooks":
-        keys = providers.StandardWebhooksKeys(spec.secrets)
-        return Provider(name, spec.scheme, spec.currency, keys, tolerance=tolerance)
-    alipay = providers.AlipayKeys(spec.public_keys)
+    if spec.webhook_url is not None and not spec.outgoing_secrets:
+        raise ValueError(f"{name}: webhook_url needs outgoing_secrets to sign with")
+    sandbox_like = spec.scheme == "standard-webhooks"
     return Provider(
-        name, spec.scheme, spec.currency, None, alipay, spec.app_id, tolerance=tolerance
+        name=name,
+        scheme=spec.scheme,
+        currency=spec.currency,
+        webhook_keys=providers.StandardWebhooksKeys(spec.secrets) if sandbox_like else None,
+        alipay_keys=None if sandbox_like else providers.AlipayKeys(spec.public_keys),
+        app_id=spec.app_id,
+        tolerance=timedelta(seconds=spec.tolerance_s),
+        webhook_url=spec.webhook_url,
+        outgoing_keys=(
+            providers.StandardWebhooksKeys(spec.outgoing_secrets) if spec.outgoing_secrets else None
+        ),
     )
 
 

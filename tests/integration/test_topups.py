@@ -6,7 +6,6 @@ they sign; the wallet, served for real on PostgreSQL, verifies.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import secrets
@@ -18,7 +17,6 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
-import standardwebhooks
 from aiohttp.test_utils import TestClient, TestServer
 from alipay import AliPay
 from cryptography.hazmat.primitives import serialization
@@ -33,9 +31,9 @@ from shared.db import in_transaction
 from shared.events import decode
 from shared.money import Money
 from shared.service import POOL, Service, create_app, migrate
+from tests.provider_peers import new_secret, signed_headers
 
-SANDBOX_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
-OLD_SECRET = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+SANDBOX_SECRET, OLD_SECRET = new_secret(), new_secret()
 ALIPAY_APP = "2021000000000001"
 
 
@@ -107,14 +105,7 @@ def payment_event(o: topups.TopUpOrder, amount: str = "12.50") -> bytes:
 def sandbox_signed(
     body: bytes, *, secret: str = SANDBOX_SECRET, at: datetime | None = None
 ) -> dict[str, str]:
-    msg_id = f"msg_{secrets.token_hex(8)}"
-    at = at or datetime.now(UTC)
-    signature = standardwebhooks.Webhook(secret).sign(msg_id, at, body.decode())
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(int(at.timestamp())),
-        "webhook-signature": signature,
-    }
+    return signed_headers(body, secret, at=at)
 
 
 async def notify_sandbox(client: TestClient, body: bytes, headers: dict[str, str]) -> int:
@@ -170,7 +161,7 @@ async def test_a_bad_notification_is_refused_and_credits_nothing(
     o = await order(wallet, "sandbox")
     body = payment_event(o)
     headers = sandbox_signed(body)
-    stranger = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    stranger = new_secret()
     if case == "tampered body":
         body = payment_event(o, amount="125.00")
     elif case == "wrong key":
