@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # Minor-unit exponent per ISO 4217 for the currencies the city deals in; others default to 2.
 _EXPONENTS = {"CNY": 2, "HKD": 2, "EUR": 2, "USD": 2, "GBP": 2, "JPY": 0, "KRW": 0, "BHD": 3}
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-_DECIMAL = re.compile(r"^(-)?(\d+)(?:\.(\d+))?$")
+_DECIMAL = re.compile(r"^(-)?([0-9]+)(?:\.([0-9]+))?$")
 
 
 class CurrencyMismatch(ValueError):
