@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import date, datetime
 
 import asyncpg
 
@@ -190,7 +191,8 @@ async def log_notification(
 async def refunded_so_far(conn: Connection, order_id: uuid.UUID) -> int:
     """What refunds of a top-up take back, counting those still awaiting the provider."""
     total: int = await conn.fetchval(
-        "SELECT coalesce(sum(amount), 0) FROM refunds WHERE topup_id = $1 AND status <> 'failed'",
+        "SELECT coalesce(sum(amount), 0)::bigint FROM refunds"
+        " WHERE topup_id = $1 AND status <> 'failed'",
         order_id,
     )
     return total
@@ -226,4 +228,68 @@ async def resolve_refund(
         refund_id,
         status,
         transfer_id,
+    )
+
+
+# A transfer moves posted balances unless it is a hold (pending) or the release of one (void).
+_POSTED = "flags & 10 = 0"
+
+
+async def posted_balance_before(conn: Connection, account_id: uuid.UUID, at: datetime) -> int:
+    """Credits less debits posted to an account before ``at``."""
+    total: int = await conn.fetchval(
+        f"""
+        SELECT coalesce(sum(CASE WHEN credit_account_id = $1 THEN amount ELSE -amount END),
+                        0)::bigint
+        FROM transfers
+        WHERE (debit_account_id = $1 OR credit_account_id = $1) AND created_at < $2
+          AND {_POSTED}""",  # noqa: S608 - a constant, not input
+        account_id,
+        at,
+    )
+    return total
+
+
+async def posted_movements(
+    conn: Connection, account_id: uuid.UUID, start: datetime, end: datetime
+) -> list[asyncpg.Record]:
+    """An account's posted transfers in [start, end): id, time, signed amount, code, reference."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        f"""
+        SELECT id, created_at,
+               CASE WHEN credit_account_id = $1 THEN amount ELSE -amount END AS amount,
+               code, reference
+        FROM transfers
+        WHERE (debit_account_id = $1 OR credit_account_id = $1)
+          AND created_at >= $2 AND created_at < $3 AND {_POSTED}""",  # noqa: S608
+        account_id,
+        start,
+        end,
+    )
+    return rows
+
+
+async def kept_statement(
+    conn: Connection, account_id: uuid.UUID, day: date
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT csv, json FROM statements WHERE account_id = $1 AND business_day = $2",
+        account_id,
+        day,
+    )
+    return row
+
+
+async def keep_statement(
+    conn: Connection, account_id: uuid.UUID, day: date, owner: str, csv: bytes, json: bytes
+) -> None:
+    """Keep a closed day's statement; the first one kept stays."""
+    await conn.execute(
+        "INSERT INTO statements (account_id, business_day, owner, csv, json)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        account_id,
+        day,
+        owner,
+        csv,
+        json,
     )
