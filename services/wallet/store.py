@@ -293,3 +293,30 @@ async def keep_statement(
         csv,
         json,
     )
+
+
+async def credited_top_ups(
+    conn: Connection, provider: str, start: datetime, end: datetime
+) -> list[asyncpg.Record]:
+    """A provider's top-ups credited in [start, end): order id, amount, currency, transfer."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT t.id, t.amount, t.currency, t.transfer_id FROM topups t"
+        " JOIN transfers x ON x.id = t.transfer_id"
+        " WHERE t.provider = $1 AND x.created_at >= $2 AND x.created_at < $3",
+        provider,
+        start,
+        end,
+    )
+    return rows
+
+
+async def top_up_wallet(conn: Connection, reference: str) -> uuid.UUID | None:
+    """The wallet a top-up order (by its id as text, as bills echo it) belongs to."""
+    try:
+        order_id = uuid.UUID(reference)
+    except ValueError:
+        return None
+    wallet: uuid.UUID | None = await conn.fetchval(
+        "SELECT account_id FROM topups WHERE id = $1", order_id
+    )
+    return wallet
