@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
+
+from shared.auth import JwksError, VerificationKey, parse_jwks
 
 
 class ConfigError(Exception):
@@ -28,7 +31,9 @@ class Env:
             raise ConfigError(f"{name}: required, but not set")
         return value
 
-    def integer(self, name: str, default: int, *, minimum: int = 0) -> int:
+    def integer(
+        self, name: str, default: int, *, minimum: int = 0, maximum: int | None = None
+    ) -> int:
         raw = self._environ.get(name, "").strip()
         if not raw:
             return default
@@ -36,9 +41,26 @@ class Env:
             value = int(raw)
         except ValueError:
             value = minimum - 1
-        if value < minimum:
-            raise ConfigError(f"{name}: expected an integer >= {minimum}, got {raw!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            expected = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+            raise ConfigError(f"{name}: expected an integer {expected}, got {raw!r}")
         return value
+
+    def jwks(self, name: str) -> tuple[VerificationKey, ...]:
+        """A JWKS given inline as JSON or as ``@/path/to/jwks.json``; unset means no keys."""
+        raw = self._environ.get(name, "").strip()
+        if raw.startswith("@"):
+            try:
+                # Bytes that are not UTF-8 become U+FFFD, which no JWKS parses: one error path.
+                raw = Path(raw[1:]).read_text(encoding="utf-8", errors="replace")
+            except OSError as error:
+                reason = error.strerror or type(error).__name__
+                raise ConfigError(f"{name}: cannot read {raw[1:]!r}: {reason}") from None
+        try:
+            return parse_jwks(raw) if raw else ()
+        except JwksError as error:
+            # The message names the key by position only: the value itself is never echoed.
+            raise ConfigError(f"{name}: {error}") from None
 
     def url(self, name: str, schemes: tuple[str, ...], default: str | None = None) -> str:
         value = self.text(name, default)
@@ -91,6 +113,25 @@ class BusConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """How a service checks the gateway's access tokens: whose, for whom, with which keys."""
+
+    issuer: str = "cardless-gateway"
+    audience: str = "cardless"
+    jwks: tuple[VerificationKey, ...] = ()
+    leeway_s: int = 30
+
+    @classmethod
+    def from_env(cls, env: Env) -> AuthConfig:
+        return cls(
+            issuer=env.text("AUTH_ISSUER", cls.issuer),
+            audience=env.text("AUTH_AUDIENCE", cls.audience),
+            jwks=env.jwks("AUTH_JWKS"),
+            leeway_s=env.integer("AUTH_LEEWAY_S", cls.leeway_s, maximum=300),
+        )
+
+
+@dataclass(frozen=True)
 class PlatformConfig:
     """What every service process needs: where its servers are and how it serves HTTP."""
 
@@ -104,6 +145,7 @@ class PlatformConfig:
     shutdown_timeout_s: int = 15
     db_pool_max: int = 10
     bus: BusConfig = BusConfig()
+    auth: AuthConfig = AuthConfig()
 
     @classmethod
     def from_env(cls, service: str, environ: Mapping[str, str] | None = None) -> PlatformConfig:
@@ -119,4 +161,5 @@ class PlatformConfig:
             shutdown_timeout_s=env.integer("SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),
             db_pool_max=env.integer("DB_POOL_MAX", cls.db_pool_max, minimum=1),
             bus=BusConfig.from_env(env),
+            auth=AuthConfig.from_env(env),
         )

@@ -3,7 +3,8 @@
 A service module exposes a ``Service``: its name, its migrations, the events it produces, the
 topics it consumes, and a function that adds its routes. ``create_app`` turns that and a
 ``PlatformConfig`` into a ready ``web.Application`` whose pool, Redis client and bus are opened
-and closed in ``cleanup_ctx`` (in that order, and the reverse on shutdown).
+and closed in ``cleanup_ctx`` (in that order, and the reverse on shutdown), and whose
+``shared.auth.VERIFIER`` checks the gateway's access tokens.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from shared import db, http
+from shared.auth import VERIFIER, TokenVerifier
 from shared.bus import Bus
 from shared.clock import Clock, SystemClock
 from shared.config import PlatformConfig
@@ -88,6 +90,9 @@ def create_app(
     app = http.base_app(metrics, max_body_bytes=config.max_body_bytes, error_map=service.error_map)
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
+    app[VERIFIER] = TokenVerifier(config.auth, app[CLOCK])
+    if not app[VERIFIER].configured:
+        log.warning("AUTH_JWKS has no keys: every authenticated route answers 401")
     app.cleanup_ctx.append(_resources(service))
     app.cleanup_ctx.append(_bus(service))
     service.add_routes(app)
