@@ -28,6 +28,10 @@ ReadinessCheck = Callable[[], Awaitable[str | None]]
 B = TypeVar("B")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
+PROBLEMS = "https://cardless.dev/problems/"
+MALFORMED_JSON = PROBLEMS + "malformed-json"
+INVALID_BODY = PROBLEMS + "invalid-body"
+
 METRICS = web.AppKey("metrics", Metrics)
 READINESS = web.AppKey("readiness", dict[str, ReadinessCheck])
 
@@ -92,9 +96,11 @@ async def read_body(request: web.Request, body_type: type[B]) -> B:
     try:
         return msgspec.json.decode(raw, type=body_type)
     except msgspec.ValidationError as exc:
-        raise Problem(422, "Unprocessable Content", str(exc)) from None
+        raise Problem(422, "Unprocessable Content", str(exc), type_=INVALID_BODY) from None
     except msgspec.DecodeError as exc:
-        raise Problem(400, "Bad Request", f"body is not valid JSON: {exc}") from None
+        raise Problem(
+            400, "Bad Request", f"body is not valid JSON: {exc}", type_=MALFORMED_JSON
+        ) from None
 
 
 @web.middleware

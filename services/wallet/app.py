@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 from aiohttp import web
 
-from services.wallet import consumers, handlers
+from services.wallet import consumers, handlers, openapi
 from services.wallet.config import WalletConfig
 from services.wallet.events import ledger_events, wallet_events
 from services.wallet.ledger import Outcome
@@ -25,9 +25,31 @@ def add_routes(app: web.Application) -> None:
     app[handlers.SETTINGS] = WalletConfig.from_env(os.environ)
     app.cleanup_ctx.append(_ledger_writer)
     app.cleanup_ctx.append(_webhook_sender)
-    app.router.add_post(
-        "/v1/wallet/providers/{provider}/notifications", handlers.provider_notification
-    )
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+
+
+# The wallet's URL table; openapi.py describes the same routes for clients.
+ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamResponse]]]] = [
+    ("GET", "/v1/wallet/openapi.json", openapi.document),
+    ("GET", "/v1/wallet/balance", handlers.balance),
+    ("GET", "/v1/wallet/statement", handlers.statement),
+    ("POST", "/v1/wallet/topups", handlers.create_top_up),
+    ("GET", "/v1/wallet/topups/{order_id}", handlers.top_up),
+    ("POST", "/v1/wallet/topups/{order_id}/refunds", handlers.create_refund),
+    ("POST", "/v1/wallet/providers/{provider}/notifications", handlers.provider_notification),
+    (
+        "GET",
+        "/v1/wallet/providers/{provider}/statements/{day}.{format:csv|json}",
+        handlers.provider_statement,
+    ),
+    ("POST", "/v1/wallet/providers/{provider}/bills/{day}", handlers.import_bill),
+    (
+        "GET",
+        "/v1/wallet/operators/{operator}/statements/{day}.{format:csv|json}",
+        handlers.operator_statement,
+    ),
+]
 
 
 async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:

@@ -320,3 +320,16 @@ async def top_up_wallet(conn: Connection, reference: str) -> uuid.UUID | None:
         "SELECT account_id FROM topups WHERE id = $1", order_id
     )
     return wallet
+
+
+async def top_up_of(
+    conn: Connection | asyncpg.Pool, order_id: uuid.UUID, rider: str
+) -> asyncpg.Record | None:
+    """A rider's own top-up order (None for anybody else's)."""
+    row: asyncpg.Record | None = await conn.fetchrow(
+        "SELECT id, provider, amount, currency, status, created_at, paid_at FROM topups"
+        " WHERE id = $1 AND rider = $2",
+        order_id,
+        rider,
+    )
+    return row

@@ -3,7 +3,7 @@
 -- stamped inside it (that one is reported the next day).
 
 CREATE TABLE statements (
-    account_id uuid NOT NULL REFERENCES accounts,
+    account_id uuid NOT NULL,  -- may have no account yet: a day with nothing is a statement too
     business_day date NOT NULL,
     owner text NOT NULL,
     csv bytea NOT NULL,
