@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from datetime import date
+from functools import partial
 from pathlib import Path
 
+import asyncpg
 from aiohttp import web
 
-from services.wallet import consumers, handlers, openapi
+from services.wallet import consumers, finance, handlers, openapi
 from services.wallet.config import WalletConfig
 from services.wallet.events import ledger_events, wallet_events
 from services.wallet.ledger import Outcome
+from services.wallet.topups import Provider
 from services.wallet.webhooks import Backoff, WebhookSender
 from services.wallet.writer import LedgerWriter
-from shared.db import Connection
+from shared.clock import wait_for_stop
+from shared.db import Connection, in_transaction
 from shared.service import BUS, CLOCK, POOL, Service
 
+log = logging.getLogger(__name__)
 WRITER = web.AppKey("ledger_writer", LedgerWriter)
 
 
@@ -25,6 +32,7 @@ def add_routes(app: web.Application) -> None:
     app[handlers.SETTINGS] = WalletConfig.from_env(os.environ)
     app.cleanup_ctx.append(_ledger_writer)
     app.cleanup_ctx.append(_webhook_sender)
+    app.cleanup_ctx.append(_settlement_announcer)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
 
@@ -76,6 +84,34 @@ async def _webhook_sender(app: web.Application) -> AsyncIterator[None]:
     yield
     stopping.set()
     await task
+
+
+async def _settlement_announcer(app: web.Application) -> AsyncIterator[None]:
+    """Every minute: has a business day become final? Then tell each provider, once."""
+    settings, pool, clock = app[handlers.SETTINGS], app[POOL], app[CLOCK]
+
+    async def announce() -> None:
+        for provider in settings.providers.values():
+            await in_transaction(pool, partial(_announce, provider))
+
+    async def _announce(provider: Provider, conn: Connection) -> date | None:
+        tz, cutoff = settings.business_tz, settings.business_cutoff
+        return await finance.announce_final_day(conn, provider, tz, cutoff, clock.now())
+
+    stopping = asyncio.Event()
+    task = asyncio.create_task(_every(60.0, announce, stopping), name="settlement-announcer")
+    yield
+    stopping.set()
+    await task
+
+
+async def _every(seconds: float, work: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        try:
+            await work()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("periodic work failed; will retry", extra={"error": repr(exc)})
+        await wait_for_stop(stop, seconds)
 
 
 SERVICE = Service(

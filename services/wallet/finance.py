@@ -4,9 +4,9 @@ kept once the day is final, and reconciling a provider's daily bill against our 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 
-from services.wallet import store
+from services.wallet import store, webhooks
 from services.wallet.ledger import LEDGERS, Outcome, Transfer, TransferCode
 from services.wallet.reconciliation import (
     ALIPAY_BILL,
@@ -100,3 +100,25 @@ async def _book(conn: Connection, provider: Provider, fixes: list[Correction]) -
             reference=f"correction/{fix.reason}/{fix.reference}",
         ))  # fmt: skip
     return await store.create_transfers(conn, transfers)
+
+
+async def announce_final_day(
+    conn: Connection, provider: Provider, tz: str, cutoff: time, now: datetime
+) -> date | None:
+    """Keep the provider's statement of the last final business day and send it a
+    ``settlement.ready`` webhook, once; returns that day, or None if nothing was new."""
+    if provider.webhook_url is None:
+        return None
+    # One announcer at a time per provider, so two wallet processes never both announce.
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext('settlement/' || $1))", provider.name)
+    current = BusinessDay.of(now - SETTLE_AFTER, tz, cutoff)
+    day = BusinessDay(current.date - timedelta(days=1), tz, cutoff)
+    if await store.kept_statement(conn, provider.clearing_account, day.date) is not None:
+        return None
+    owner = f"provider:{provider.name}"
+    await daily(conn, provider.clearing_account, owner, provider.currency, day, now)
+    path = f"/v1/wallet/providers/{provider.name}/statements/{day.date.isoformat()}"
+    await webhooks.enqueue(conn, provider, "settlement.ready", {
+        "business_day": day.date.isoformat(), "csv": f"{path}.csv", "json": f"{path}.json",
+    })  # fmt: skip
+    return day.date

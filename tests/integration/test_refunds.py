@@ -8,13 +8,14 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
 
 import pytest
 import standardwebhooks
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.wallet import refunds, store, topups
+from services.wallet import finance, refunds, store, topups
 from services.wallet.app import SERVICE
 from services.wallet.handlers import SETTINGS
 from shared.config import PlatformConfig
@@ -29,7 +30,8 @@ THEIR_SECRET, OUR_SECRET = new_secret(), new_secret()
 
 @dataclass
 class Sandbox:
-    """The provider: verifies our webhooks with the reference library; fails the first one."""
+    """The provider: verifies our webhooks with the reference library; refuses the first
+    refund request it gets (to make us retry)."""
 
     received: list[dict[str, object]] = field(default_factory=list)
     refusals: int = 1
@@ -40,7 +42,7 @@ class Sandbox:
             event = standardwebhooks.Webhook(OUR_SECRET).verify(body, dict(request.headers))
         except standardwebhooks.webhooks.WebhookVerificationError:
             return web.Response(status=401)
-        if self.refusals:
+        if self.refusals and event["type"] == "refund.requested":
             self.refusals -= 1
             return web.Response(status=503)
         self.received.append({**event, "id": request.headers["webhook-id"]})
@@ -128,7 +130,7 @@ async def test_a_refund_holds_the_money_asks_the_provider_and_posts_on_its_word(
     assert await balances(wallet, order) == (750, 0)  # held, not yet gone
 
     async def received() -> list[dict[str, object]]:
-        return provider.received
+        return [e for e in provider.received if e["type"] == "refund.requested"]
 
     (event,) = await eventually(received, lambda r: len(r) == 1, what="the refund webhook")
     assert event["type"] == "refund.requested"
@@ -172,3 +174,31 @@ async def test_refunds_together_never_exceed_the_top_up(wallet: TestClient) -> N
         await ask_refund(wallet, order, 500)
     await ask_refund(wallet, order, 400)
     assert await balances(wallet, order) == (0, 0)
+
+
+async def test_a_final_business_day_is_announced_to_the_provider_once(
+    wallet: TestClient, sandbox: tuple[Sandbox, TestServer]
+) -> None:
+    provider, _ = sandbox
+    app = wallet.server.app
+    settings = app[SETTINGS]
+    now = datetime(2026, 6, 2, 5, 0, tzinfo=UTC)  # 13:00 in Shanghai: June 1st is final
+
+    async def announce() -> date | None:
+        return await in_transaction(app[POOL], lambda conn: finance.announce_final_day(
+            conn, settings.providers["sandbox"], "Asia/Shanghai", time(4), now
+        ))  # fmt: skip
+
+    assert await announce() == date(2026, 6, 1)
+    assert await announce() is None
+
+    async def received() -> list[dict[str, object]]:
+        return [e for e in provider.received if "2026-06-01" in str(e["data"])]
+
+    (event,) = await eventually(received, lambda r: len(r) == 1, what="settlement.ready")
+    assert event["type"] == "settlement.ready"
+    assert event["data"] == {
+        "business_day": "2026-06-01",
+        "csv": "/v1/wallet/providers/sandbox/statements/2026-06-01.csv",
+        "json": "/v1/wallet/providers/sandbox/statements/2026-06-01.json",
+    }
