@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import cast
 
 import asyncpg
@@ -35,6 +35,7 @@ from shared.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Connection, Event, Envelope], Awaitable[None]]
+BatchHandler = Callable[[Connection, list[tuple[Event, Envelope]]], Awaitable[None]]
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 # Failures of the servers, not of the event: retried without counting against the event.
@@ -64,10 +65,18 @@ ON CONFLICT DO NOTHING RETURNING event_id"""
 
 @dataclass(frozen=True)
 class Subscription:
-    """What a service does with a topic's events: a handler per payload type."""
+    """What a service does with a topic's events: a handler per payload type.
+
+    A ``batch_handlers`` entry takes a whole run of consecutive new events of its type in one
+    call (in stream order, in the batch's transaction), so it can apply them in one statement.
+    """
 
     catalog: EventCatalog
-    handlers: Mapping[type[Event], Handler]
+    handlers: Mapping[type[Event], Handler] = field(default_factory=dict)
+    batch_handlers: Mapping[type[Event], BatchHandler] = field(default_factory=dict)
+
+    def handles(self, payload: Event) -> bool:
+        return type(payload) in self.handlers or type(payload) in self.batch_handlers
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,18 @@ class _Item:
     entry_id: bytes
     envelope: Envelope
     payload: Event
+
+
+def _runs(items: list[_Item], batched: Mapping[type[Event], BatchHandler]) -> list[list[_Item]]:
+    """Consecutive items of one batch-handled type together; every other item alone."""
+    runs: list[list[_Item]] = []
+    for item in items:
+        kind = type(item.payload)
+        if kind in batched and runs and type(runs[-1][0].payload) is kind:
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
 
 class Consumer:
@@ -280,26 +301,30 @@ class Consumer:
     async def _apply(self, stream: str, items: list[_Item]) -> None:
         if not items:
             return
-        handled = [i for i in items if type(i.payload) in self.sub.handlers]
+        handled = [i for i in items if self.sub.handles(i.payload)]
         async with self.pool.acquire() as conn, conn.transaction():
             fresh = {
                 r[0] for r in await conn.fetch(_INBOX, [i.envelope.id for i in handled], self.topic)
             }
-            for item in handled:
-                if item.envelope.id in fresh:
-                    fresh.discard(item.envelope.id)
-                    await self._handle(conn, item)
-                else:
-                    self.metrics.bus_duplicates.labels(self.topic, self.group).inc()
+            new = [i for i in handled if i.envelope.id in fresh]
+            if duplicates := len(handled) - len(new):
+                self.metrics.bus_duplicates.labels(self.topic, self.group).inc(duplicates)
+            for run in _runs(new, self.sub.batch_handlers):
+                await self._handle(conn, run)
             self.failpoints.hit("consumer.before_commit")
         self.failpoints.hit("consumer.after_commit")
         await self.redis.xack(stream, self.group, *[i.entry_id for i in items])
         self.metrics.bus_applied.labels(self.topic, self.group).inc(len(handled))
 
-    async def _handle(self, conn: Connection, item: _Item) -> None:
-        token = context.traceparent.set(context.child_traceparent(item.envelope.traceparent))
+    async def _handle(self, conn: Connection, run: list[_Item]) -> None:
+        """One handler call: a run of one batch-handled type, or a single event."""
+        batch = self.sub.batch_handlers.get(type(run[0].payload))
+        token = context.traceparent.set(context.child_traceparent(run[0].envelope.traceparent))
         try:
-            await self.sub.handlers[type(item.payload)](conn, item.payload, item.envelope)
+            if batch is not None:
+                await batch(conn, [(i.payload, i.envelope) for i in run])
+            else:
+                await self.sub.handlers[type(run[0].payload)](conn, run[0].payload, run[0].envelope)
         finally:
             context.traceparent.reset(token)
 

@@ -16,7 +16,7 @@ from shared.db import in_transaction
 from shared.events import partition_of
 from shared.keys import Keys
 from shared.service import BUS, Service, create_app
-from tests.platform_app import NoteWritten
+from tests.platform_app import NoteWritten, make_service
 from tests.support import eventually
 
 
@@ -39,6 +39,21 @@ async def test_a_note_and_its_event_are_applied_exactly_once(
         assert response.status == 201
     rows = await eventually(lambda: applied(pool), lambda r: len(r) >= 20, what="20 applied")
     assert len({r["event_id"] for r in rows}) == 20
+    for key in ("rider-0", "rider-1", "rider-2"):
+        ns = [r["n"] for r in rows if r["key"] == key]
+        assert ns == sorted(ns), f"events of {key} applied out of order"
+
+
+async def test_a_batch_handler_applies_runs_of_events_once_each_in_order(
+    config: PlatformConfig, pool: asyncpg.Pool
+) -> None:
+    batched = make_service(config.service, batched=True)
+    async with TestClient(TestServer(create_app(batched, config))) as client:
+        for n in range(60):
+            response = await client.post("/notes", json={"key": f"rider-{n % 3}", "n": n})
+            assert response.status == 201
+        rows = await eventually(lambda: applied(pool), lambda r: len(r) >= 60, what="60 applied")
+    assert len({r["event_id"] for r in rows}) == 60
     for key in ("rider-0", "rider-1", "rider-2"):
         ns = [r["n"] for r in rows if r["key"] == key]
         assert ns == sorted(ns), f"events of {key} applied out of order"
