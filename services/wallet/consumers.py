@@ -16,13 +16,14 @@ from shared.service import BUS
 
 
 def subscriptions(app: web.Application) -> Sequence[Subscription]:
-    async def charge_fare(conn: Connection, event: Event, envelope: Envelope) -> None:
-        assert isinstance(event, FareCharged)
+    async def charge_fares(conn: Connection, events: list[tuple[Event, Envelope]]) -> None:
+        # One ledger batch per run of fares: the operator's account is updated once.
+        charged = [event for event, _ in events if isinstance(event, FareCharged)]
         await fares.charge(
             conn,
-            event,
+            charged,
             low_balance=app[SETTINGS].low_balance_minor,
             publish=app[BUS].publish_many,
         )
 
-    return [Subscription(transit_events, {FareCharged: charge_fare})]
+    return [Subscription(transit_events, batch_handlers={FareCharged: charge_fares})]

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from services.transit.events import FareCharged
 from services.wallet import store
 from services.wallet.events import BalanceLow, FareDebitFailed, ledger_events
-from services.wallet.ledger import LEDGERS, Account, AccountCode, Result, Transfer, TransferCode
+from services.wallet.ledger import (
+    LEDGERS,
+    Account,
+    AccountCode,
+    Outcome,
+    Result,
+    Transfer,
+    TransferCode,
+)
 from services.wallet.topups import WALLET_FLAGS, Publish, derived_id, wallet_account
 from shared.db import Connection
 from shared.events import Event
@@ -23,45 +32,73 @@ def operator_account(operator: str, currency: str) -> uuid.UUID:
 
 
 async def charge(
-    conn: Connection, fare: FareCharged, *, low_balance: int, publish: Publish
-) -> Result:
-    """Apply one fare charge in the caller's transaction; a repeat of a charge moves nothing."""
-    ledger = LEDGERS.get(fare.currency)
-    if ledger is None or fare.amount <= 0:
-        raise UnchargeableFare(f"fare {fare.charge_id}: {fare.amount} {fare.currency}")
-    wallet = wallet_account(fare.rider, fare.currency)
-    operator = operator_account(fare.operator, fare.currency)
-    await store.open_accounts(
-        conn,
-        [
-            Account(wallet, ledger, AccountCode.RIDER_WALLET, WALLET_FLAGS),
-            Account(operator, ledger, AccountCode.OPERATOR_REVENUE),
-        ],
+    conn: Connection, fares: Sequence[FareCharged], *, low_balance: int, publish: Publish
+) -> list[Result]:
+    """Apply a run of fare charges in one ledger batch, in the caller's transaction; a charge
+    seen before (same ``charge_id``) moves nothing. One result per distinct charge."""
+    unique = list({f.charge_id: f for f in fares}.values())  # in order of first appearance
+    for fare in unique:
+        if fare.currency not in LEDGERS or fare.amount <= 0:
+            raise UnchargeableFare(f"fare {fare.charge_id}: {fare.amount} {fare.currency}")
+    wallets = {f.charge_id: wallet_account(f.rider, f.currency) for f in unique}
+    await store.open_accounts(conn, [
+        account for f in unique for account in (
+            Account(wallets[f.charge_id], LEDGERS[f.currency], AccountCode.RIDER_WALLET,
+                    WALLET_FLAGS),
+            Account(operator_account(f.operator, f.currency), LEDGERS[f.currency],
+                    AccountCode.OPERATOR_REVENUE),
+        )
+    ])  # fmt: skip
+    outcomes = await store.create_transfers(
+        conn, [_transfer(f, wallets[f.charge_id]) for f in unique]
     )
-    transfer = Transfer(
+    if bad := [o.result for o in outcomes if o.result not in _EXPECTED]:
+        raise UnchargeableFare(f"the ledger answered {bad[0]} to a fare")
+    after = {a.id: a for a in await store.accounts(conn, list(set(wallets.values())))}
+    await publish(conn, [*ledger_events(outcomes), *_announcements(unique, outcomes, wallets,
+                                                                  after, low_balance)])  # fmt: skip
+    return [o.result for o in outcomes]
+
+
+_EXPECTED = (Result.CREATED, Result.EXISTS, Result.EXCEEDS_CREDITS)
+
+
+def _transfer(fare: FareCharged, wallet: uuid.UUID) -> Transfer:
+    return Transfer(
         id=derived_id(f"fare/{fare.charge_id}"),
         debit_account_id=wallet,
-        credit_account_id=operator,
+        credit_account_id=operator_account(fare.operator, fare.currency),
         amount=fare.amount,
-        ledger=ledger,
+        ledger=LEDGERS[fare.currency],
         code=TransferCode.FARE,
         reference=f"journey/{fare.journey_id}",
     )
-    (outcome,) = await store.create_transfers(conn, [transfer])
-    if outcome.result not in (Result.CREATED, Result.EXISTS, Result.EXCEEDS_CREDITS):
-        raise UnchargeableFare(f"fare {fare.charge_id}: the ledger answered {outcome.result}")
-    (after,) = await store.accounts(conn, [wallet])
-    events: list[tuple[str, Event]] = list(ledger_events([outcome]))
-    key = str(wallet)
-    if outcome.result is Result.EXCEEDS_CREDITS:
-        events.append((key, FareDebitFailed(
-            charge_id=fare.charge_id, rider=fare.rider, account_id=wallet, amount=fare.amount,
-            currency=fare.currency, available=after.available,
-        )))  # fmt: skip
-    elif outcome.result is Result.CREATED and after.available < low_balance:
-        events.append((key, BalanceLow(
-            rider=fare.rider, account_id=wallet, available=after.available,
-            threshold=low_balance, currency=fare.currency,
-        )))  # fmt: skip
-    await publish(conn, events)
-    return outcome.result
+
+
+def _announcements(
+    fares: Sequence[FareCharged],
+    outcomes: Sequence[Outcome],
+    wallets: dict[uuid.UUID, uuid.UUID],
+    after: dict[uuid.UUID, Account],
+    low_balance: int,
+) -> list[tuple[str, Event]]:
+    """A debit-failed event per refused fare; a low-balance event per wallet left low."""
+    events: list[tuple[str, Event]] = []
+    low: dict[uuid.UUID, FareCharged] = {}
+    for fare, outcome in zip(fares, outcomes, strict=True):
+        wallet = wallets[fare.charge_id]
+        available = after[wallet].available
+        if outcome.result is Result.EXCEEDS_CREDITS:
+            events.append((str(wallet), FareDebitFailed(
+                charge_id=fare.charge_id, rider=fare.rider, account_id=wallet,
+                amount=fare.amount, currency=fare.currency, available=available,
+            )))  # fmt: skip
+        elif outcome.result is Result.CREATED and available < low_balance:
+            low[wallet] = fare
+    events += [
+        (str(wallet), BalanceLow(rider=fare.rider, account_id=wallet,
+                                 available=after[wallet].available, threshold=low_balance,
+                                 currency=fare.currency))
+        for wallet, fare in low.items()
+    ]  # fmt: skip
+    return events
