@@ -7,12 +7,10 @@ import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 
+import aiohttp
 import pytest
-import standardwebhooks
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.wallet import finance, refunds, store, topups
@@ -23,38 +21,16 @@ from shared.db import in_transaction
 from shared.money import Money
 from shared.service import BUS, POOL, Service, create_app, migrate
 from tests.provider_peers import new_secret, signed_headers
+from tests.sandbox_provider import SandboxProvider
 from tests.support import eventually
 
 THEIR_SECRET, OUR_SECRET = new_secret(), new_secret()
 
 
-@dataclass
-class Sandbox:
-    """The provider: verifies our webhooks with the reference library; refuses the first
-    refund request it gets (to make us retry)."""
-
-    received: list[dict[str, object]] = field(default_factory=list)
-    refusals: int = 1
-
-    async def webhook(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        try:
-            event = standardwebhooks.Webhook(OUR_SECRET).verify(body, dict(request.headers))
-        except standardwebhooks.webhooks.WebhookVerificationError:
-            return web.Response(status=401)
-        if self.refusals and event["type"] == "refund.requested":
-            self.refusals -= 1
-            return web.Response(status=503)
-        self.received.append({**event, "id": request.headers["webhook-id"]})
-        return web.Response(status=204)
-
-
 @pytest.fixture
-async def sandbox() -> AsyncIterator[tuple[Sandbox, TestServer]]:
-    provider = Sandbox()
-    app = web.Application()
-    app.router.add_post("/webhooks", provider.webhook)
-    server = TestServer(app)
+async def sandbox() -> AsyncIterator[tuple[SandboxProvider, TestServer]]:
+    provider = SandboxProvider("sandbox", THEIR_SECRET, OUR_SECRET, refuse_refund_requests=1)
+    server = TestServer(provider.app())
     await server.start_server()
     yield provider, server
     await server.close()
@@ -65,9 +41,9 @@ async def wallet(
     config: PlatformConfig,
     namespace: str,
     monkeypatch: pytest.MonkeyPatch,
-    sandbox: tuple[Sandbox, TestServer],
+    sandbox: tuple[SandboxProvider, TestServer],
 ) -> AsyncIterator[TestClient]:
-    _, server = sandbox
+    provider, server = sandbox
     settings = {
         "scheme": "standard-webhooks",
         "secrets": [THEIR_SECRET],
@@ -78,19 +54,28 @@ async def wallet(
     service: Service = dataclasses.replace(SERVICE, name=f"wallet_{namespace}")
     await migrate(service, config.database_url)
     async with TestClient(TestServer(create_app(service, config))) as client:
+        provider.wallet_url = str(client.make_url("")).rstrip("/")
         yield client
 
 
-async def paid_top_up(wallet: TestClient, minor: int) -> topups.TopUpOrder:
-    app = wallet.server.app
+async def paid_top_up(
+    wallet: TestClient, sandbox: tuple[SandboxProvider, TestServer], minor: int
+) -> topups.TopUpOrder:
+    """A rider's order, paid in the sandbox provider's app (which notifies the wallet)."""
+    app, (_, server) = wallet.server.app, sandbox
     provider = app[SETTINGS].providers["sandbox"]
     order = await in_transaction(
         app[POOL], lambda c: topups.create_order(c, provider, "rider-9", Money(minor, "CNY"))
     )
-    await notify(wallet, "payment.succeeded", {
-        "order_id": str(order.id), "provider_reference": "sbx-1",
-        "amount": Money(minor, "CNY").to_decimal_string(), "currency": "CNY",
-    })  # fmt: skip
+    amount = Money(minor, "CNY").to_decimal_string()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            server.make_url("/pay"),
+            json={"order_id": str(order.id), "amount": amount, "currency": "CNY"},
+        ) as paid,
+    ):
+        assert (await paid.json())["notified"] == 204
     return order
 
 
@@ -122,62 +107,75 @@ async def balances(wallet: TestClient, order: topups.TopUpOrder) -> tuple[int, i
 
 
 async def test_a_refund_holds_the_money_asks_the_provider_and_posts_on_its_word(
-    wallet: TestClient, sandbox: tuple[Sandbox, TestServer]
+    wallet: TestClient, sandbox: tuple[SandboxProvider, TestServer]
 ) -> None:
     provider, _ = sandbox
-    order = await paid_top_up(wallet, 1250)
+    order = await paid_top_up(wallet, sandbox, 1250)
     refund_id = await ask_refund(wallet, order, 500)
-    assert await balances(wallet, order) == (750, 0)  # held, not yet gone
 
-    async def received() -> list[dict[str, object]]:
+    async def requested() -> list[dict[str, object]]:
         return [e for e in provider.received if e["type"] == "refund.requested"]
 
-    (event,) = await eventually(received, lambda r: len(r) == 1, what="the refund webhook")
-    assert event["type"] == "refund.requested"
-    assert event["data"] == {
-        "refund_id": str(refund_id), "order_id": str(order.id), "provider_reference": "sbx-1",
-        "amount": "5.00", "currency": "CNY",
+    (event,) = await eventually(requested, lambda r: len(r) == 1, what="the refund webhook")
+    data = dict(event["data"])
+    assert str(data.pop("provider_reference")).startswith("sbx-")
+    assert data == {
+        "refund_id": str(refund_id), "order_id": str(order.id), "amount": "5.00", "currency": "CNY",
     }  # fmt: skip
-    attempts = await wallet.server.app[POOL].fetch(
-        "SELECT http_status FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
-        uuid.UUID(str(event["id"])),
-    )
-    assert [a["http_status"] for a in attempts] == [503, 204]  # retried after a refusal
 
-    await notify(wallet, "refund.succeeded", {"refund_id": str(refund_id)})
-    await notify(wallet, "refund.succeeded", {"refund_id": str(refund_id)})  # said twice
+    async def attempts() -> list[int]:
+        rows = await wallet.server.app[POOL].fetch(
+            "SELECT http_status FROM webhook_attempts WHERE delivery_id = $1 ORDER BY attempt",
+            uuid.UUID(str(event["id"])),
+        )
+        return [r["http_status"] for r in rows]
+
+    await eventually(attempts, lambda a: a == [503, 204], what="a retry after a refusal")
+    await eventually(
+        lambda: balances(wallet, order), lambda b: b == (750, 500), what="the refund posted"
+    )
+    await notify(wallet, "refund.succeeded", {"refund_id": str(refund_id)})  # said again
     assert await balances(wallet, order) == (750, 500)
 
 
-async def test_a_failed_refund_gives_the_money_back_to_the_wallet(wallet: TestClient) -> None:
-    order = await paid_top_up(wallet, 1000)
+async def test_a_failed_refund_gives_the_money_back_to_the_wallet(
+    wallet: TestClient, sandbox: tuple[SandboxProvider, TestServer]
+) -> None:
+    provider, _ = sandbox
+    provider.refunds_fail = True
+    order = await paid_top_up(wallet, sandbox, 1000)
     refund_id = await ask_refund(wallet, order, 300)
-    await notify(wallet, "refund.failed", {"refund_id": str(refund_id)})
+    assert await balances(wallet, order) == (700, 0)  # held while the provider works
+    await eventually(
+        lambda: balances(wallet, order), lambda b: b == (1000, 0), what="the refund voided"
+    )
     await notify(wallet, "refund.succeeded", {"refund_id": str(refund_id)})  # too late: ignored
     assert await balances(wallet, order) == (1000, 0)
 
 
 @pytest.mark.parametrize(("minor", "reason"), [(1300, "at most"), (0, "positive")])
 async def test_a_refund_beyond_what_is_left_is_refused_and_holds_nothing(
-    wallet: TestClient, minor: int, reason: str
+    wallet: TestClient, sandbox: tuple[SandboxProvider, TestServer], minor: int, reason: str
 ) -> None:
-    order = await paid_top_up(wallet, 1250)
+    order = await paid_top_up(wallet, sandbox, 1250)
     with pytest.raises(refunds.RefundRefused, match=reason):
         await ask_refund(wallet, order, minor)
     assert await balances(wallet, order) == (1250, 0)
 
 
-async def test_refunds_together_never_exceed_the_top_up(wallet: TestClient) -> None:
-    order = await paid_top_up(wallet, 1000)
+async def test_refunds_together_never_exceed_the_top_up(
+    wallet: TestClient, sandbox: tuple[SandboxProvider, TestServer]
+) -> None:
+    sandbox[0].refunds_fail = True  # keep them held: a held refund still counts
+    order = await paid_top_up(wallet, sandbox, 1000)
     await ask_refund(wallet, order, 600)
     with pytest.raises(refunds.RefundRefused, match="at most"):
         await ask_refund(wallet, order, 500)
     await ask_refund(wallet, order, 400)
-    assert await balances(wallet, order) == (0, 0)
 
 
 async def test_a_final_business_day_is_announced_to_the_provider_once(
-    wallet: TestClient, sandbox: tuple[Sandbox, TestServer]
+    wallet: TestClient, sandbox: tuple[SandboxProvider, TestServer]
 ) -> None:
     provider, _ = sandbox
     app = wallet.server.app
