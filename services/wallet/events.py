@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-from services.wallet.ledger import CURRENCIES, Outcome, Result, TransferFlags
+from services.wallet.ledger import CURRENCIES, Outcome, Result, Transfer, TransferFlags
+from shared.db import Connection
 from shared.events import Event, EventCatalog
 
 wallet_events = EventCatalog("wallet")
@@ -86,6 +87,35 @@ class BalanceLow(Event, frozen=True, kw_only=True):
     available: int
     threshold: int
     currency: str
+
+
+@wallet_events.event("wallet.hold.expired", version=1)
+class HoldExpired(Event, frozen=True, kw_only=True):
+    """A hold reached its timeout and released its money, on database time."""
+
+    transfer_id: uuid.UUID
+    debit_account_id: uuid.UUID
+    credit_account_id: uuid.UUID
+    amount: int
+    currency: str
+    code: int
+
+
+Publish = Callable[[Connection, Sequence[tuple[str, Event]]], Awaitable[object]]
+"""Writes events in the caller's transaction (``Bus.publish_many``)."""
+
+
+def expiry_events(holds: Sequence[Transfer]) -> list[tuple[str, Event]]:
+    """One event per expired hold, keyed by the account it had debited."""
+    return [
+        (str(h.debit_account_id), HoldExpired(
+            transfer_id=h.id, debit_account_id=h.debit_account_id,
+            credit_account_id=h.credit_account_id, amount=h.amount,
+            currency=CURRENCIES.get(h.ledger, "XXX"), code=h.code,
+        ))
+        for h in holds
+        if h.debit_account_id is not None and h.credit_account_id is not None
+    ]  # fmt: skip
 
 
 def ledger_events(outcomes: Sequence[Outcome]) -> list[tuple[str, Event]]:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from services.transit.events import FareCharged
 from services.wallet import store
-from services.wallet.events import BalanceLow, FareDebitFailed, ledger_events
+from services.wallet.events import BalanceLow, FareDebitFailed, Publish
 from services.wallet.ledger import (
     LEDGERS,
     Account,
@@ -17,7 +17,8 @@ from services.wallet.ledger import (
     Transfer,
     TransferCode,
 )
-from services.wallet.topups import WALLET_FLAGS, Publish, derived_id, wallet_account
+from services.wallet.topups import WALLET_FLAGS, derived_id, wallet_account
+from services.wallet.writer import book
 from shared.db import Connection
 from shared.events import Event
 
@@ -49,14 +50,12 @@ async def charge(
                     AccountCode.OPERATOR_REVENUE),
         )
     ])  # fmt: skip
-    outcomes = await store.create_transfers(
-        conn, [_transfer(f, wallets[f.charge_id]) for f in unique]
-    )
+    outcomes = await book(conn, [_transfer(f, wallets[f.charge_id]) for f in unique], publish)
     if bad := [o.result for o in outcomes if o.result not in _EXPECTED]:
         raise UnchargeableFare(f"the ledger answered {bad[0]} to a fare")
     after = {a.id: a for a in await store.accounts(conn, list(set(wallets.values())))}
-    await publish(conn, [*ledger_events(outcomes), *_announcements(unique, outcomes, wallets,
-                                                                  after, low_balance)])  # fmt: skip
+    if announcements := _announcements(unique, outcomes, wallets, after, low_balance):
+        await publish(conn, announcements)
     return [o.result for o in outcomes]
 
 

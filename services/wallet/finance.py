@@ -7,6 +7,7 @@ import uuid
 from datetime import date, datetime, time, timedelta
 
 from services.wallet import store, webhooks
+from services.wallet.events import Publish
 from services.wallet.ledger import LEDGERS, Outcome, Transfer, TransferCode
 from services.wallet.reconciliation import (
     ALIPAY_BILL,
@@ -26,6 +27,7 @@ from services.wallet.settlement import (
     statement_json,
 )
 from services.wallet.topups import Provider
+from services.wallet.writer import book
 from shared.db import Connection
 
 # A day is final this long after it ends: longer than any transaction that began inside it
@@ -67,7 +69,13 @@ async def daily(
 
 
 async def reconcile_bill(
-    conn: Connection, provider: Provider, day: BusinessDay, bill: bytes, *, apply: bool
+    conn: Connection,
+    provider: Provider,
+    day: BusinessDay,
+    bill: bytes,
+    *,
+    apply: bool,
+    publish: Publish,
 ) -> tuple[Report, list[Correction], list[Outcome]]:
     """Match a provider's bill for ``day`` with the top-ups we credited that day; with
     ``apply``, book each correction as a transfer (the same bill twice books nothing twice)."""
@@ -80,11 +88,13 @@ async def reconcile_bill(
     ]
     report = reconcile(ours, lines)
     fixes = corrections(report, provider.name, day.date)
-    booked = await _book(conn, provider, fixes) if apply else []
+    booked = await _book(conn, provider, fixes, publish) if apply else []
     return report, fixes, booked
 
 
-async def _book(conn: Connection, provider: Provider, fixes: list[Correction]) -> list[Outcome]:
+async def _book(
+    conn: Connection, provider: Provider, fixes: list[Correction], publish: Publish
+) -> list[Outcome]:
     """A correction moves money between the provider's clearing account and the order's
     wallet; one whose order we do not know is left to a person (no wallet to move it to)."""
     transfers = []
@@ -99,7 +109,7 @@ async def _book(conn: Connection, provider: Provider, fixes: list[Correction]) -
             ledger=LEDGERS[fix.currency], code=TransferCode.CORRECTION,
             reference=f"correction/{fix.reason}/{fix.reference}",
         ))  # fmt: skip
-    return await store.create_transfers(conn, transfers)
+    return await book(conn, transfers, publish)
 
 
 async def announce_final_day(

@@ -248,7 +248,7 @@ async def import_bill(request: web.Request) -> web.Response:
     async def work(conn: Connection) -> web.Response:
         try:
             report, fixes, booked = await finance.reconcile_bill(
-                conn, provider, day, bill, apply=apply
+                conn, provider, day, bill, apply=apply, publish=request.app[BUS].publish_many
             )
         except BillError as exc:
             raise Problem(422, "Bill refused", str(exc), type_=f"{PROBLEMS}/bad-bill") from None

@@ -12,15 +12,15 @@ import uuid
 from dataclasses import dataclass
 
 from services.wallet import store, webhooks
-from services.wallet.events import ledger_events
+from services.wallet.events import Publish
 from services.wallet.ledger import LEDGERS, Result, Transfer, TransferCode, TransferFlags
 from services.wallet.topups import (
     NotificationRejected,
     Provider,
-    Publish,
     RefundSettled,
     derived_id,
 )
+from services.wallet.writer import book
 from shared.db import Connection
 from shared.money import Money
 
@@ -74,7 +74,7 @@ async def request(
         flags=TransferFlags.PENDING,
         reference=f"refund/{refund_id}",
     )
-    (outcome,) = await store.create_transfers(conn, [hold])
+    (outcome,) = await book(conn, [hold], publish)
     if outcome.result is Result.EXISTS:
         raise RefundRefused("this refund was already requested", 409)
     if outcome.result is Result.EXCEEDS_CREDITS:
@@ -94,7 +94,6 @@ async def request(
             "currency": amount.currency,
         },
     )
-    await publish(conn, ledger_events([outcome]))
     return Refund(refund_id, order_id, amount, "requested")
 
 
@@ -115,9 +114,8 @@ async def settle(
     resolution = Transfer(
         id=derived_id(f"refund/{refund['id']}/{status}"), pending_id=refund["hold_id"], flags=flag
     )
-    (outcome,) = await store.create_transfers(conn, [resolution])
+    (outcome,) = await book(conn, [resolution], publish)
     if outcome.result is not Result.CREATED:
         raise RuntimeError(f"the ledger refused to settle refund {refund['id']}: {outcome.result}")
     await store.resolve_refund(conn, refund["id"], status, resolution.id)
-    await publish(conn, ledger_events([outcome]))
     return status

@@ -333,3 +333,14 @@ async def top_up_of(
         rider,
     )
     return row
+
+
+async def expired_holds(conn: Connection) -> list[Transfer]:
+    """The holds that this transaction expired (any batch releases those past their timeout)."""
+    rows = await conn.fetch(
+        """
+        SELECT t.* FROM holds h JOIN transfers t ON t.id = h.pending_id
+        WHERE h.resolution = 'expired' AND h.resolved_at = now()
+          AND h.xmin = pg_current_xact_id()::xid"""
+    )
+    return [_stored(row).transfer for row in rows]

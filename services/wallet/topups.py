@@ -11,7 +11,7 @@ in whatever order the provider notifies.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from services.wallet import providers, store
-from services.wallet.events import TopUpCompleted, ledger_events
+from services.wallet.events import Publish, TopUpCompleted
 from services.wallet.ledger import (
     LEDGERS,
     Account,
@@ -29,9 +29,9 @@ from services.wallet.ledger import (
     Transfer,
     TransferCode,
 )
+from services.wallet.writer import book
 from shared.config import ConfigError
 from shared.db import Connection
-from shared.events import Event
 from shared.ids import new_id
 from shared.money import Money
 
@@ -251,7 +251,6 @@ class TopUpOrder:
     amount: Money
 
 
-Publish = Callable[[Connection, Sequence[tuple[str, Event]]], Awaitable[object]]
 MAX_TOP_UP_MINOR = 1_000_000  # 10,000.00 in a two-decimal currency: a wallet, not a bank
 
 
@@ -294,7 +293,7 @@ async def credit(conn: Connection, provider: Provider, payment: Payment, publish
         code=TransferCode.TOP_UP,
         reference=f"topup/{order['id']}",
     )
-    (outcome,) = await store.create_transfers(conn, [transfer])
+    (outcome,) = await book(conn, [transfer], publish)
     if not outcome.result.ok:  # a clearing account has no limit: this is a bug, not a refusal
         raise RuntimeError(f"the ledger refused a top-up credit: {outcome.result}")
     await store.mark_paid(conn, order["id"], payment.provider_reference, transfer.id)
@@ -306,5 +305,5 @@ async def credit(conn: Connection, provider: Provider, payment: Payment, publish
         currency=payment.amount.currency,
         provider=provider.name,
     )
-    await publish(conn, [(str(order["account_id"]), completed), *ledger_events([outcome])])
+    await publish(conn, [(str(order["account_id"]), completed)])
     return "credited"

@@ -14,17 +14,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
 
 from services.wallet import store
+from services.wallet.events import Publish, expiry_events, ledger_events
 from services.wallet.ledger import Outcome, Transfer
 from shared.db import Connection, in_transaction
 
 log = logging.getLogger(__name__)
-Publish = Callable[[Connection, Sequence[Outcome]], Awaitable[None]]
+
+
+async def book(conn: Connection, transfers: Sequence[Transfer], publish: Publish) -> list[Outcome]:
+    """Apply transfers in the caller's transaction and publish what the ledger did: the
+    transfers it created, and the holds it expired on the way. Every use case books so."""
+    outcomes = await store.create_transfers(conn, transfers)
+    events = ledger_events(outcomes) + expiry_events(await store.expired_holds(conn))
+    if events:
+        await publish(conn, events)
+    return outcomes
 
 
 class LedgerUnavailable(Exception):
@@ -123,7 +133,7 @@ class LedgerWriter:
     async def _sweep(self) -> None:
         """An empty batch: it releases holds past their timeout (on database time)."""
         try:
-            await in_transaction(self.pool, lambda conn: store.create_transfers(conn, []))
+            await in_transaction(self.pool, lambda conn: book(conn, [], self.publish))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("expiring holds failed; will retry", extra={"error": repr(exc)})
 
@@ -131,9 +141,7 @@ class LedgerWriter:
         transfers = [t for s in batch for t in s.transfers]
 
         async def work(conn: Connection) -> list[Outcome]:
-            outcomes = await store.create_transfers(conn, transfers)
-            await self.publish(conn, outcomes)
-            return outcomes
+            return await book(conn, transfers, self.publish)
 
         try:
             outcomes = await in_transaction(

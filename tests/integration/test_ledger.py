@@ -16,7 +16,13 @@ from hypothesis import strategies as st
 
 from services.wallet import store
 from services.wallet.app import SERVICE
-from services.wallet.events import HoldPlaced, TransferPosted, TransferVoided, wallet_events
+from services.wallet.events import (
+    HoldExpired,
+    HoldPlaced,
+    TransferPosted,
+    TransferVoided,
+    wallet_events,
+)
 from services.wallet.ledger import (
     MAX_AMOUNT,
     Account,
@@ -31,7 +37,7 @@ from shared import db
 from shared.clock import SystemClock
 from shared.config import PlatformConfig
 from shared.db import Connection
-from shared.events import decode
+from shared.events import Event, decode
 from shared.outbox import Outbox
 from shared.service import Service, migrate
 from tests.ledger_model import Model
@@ -221,12 +227,8 @@ async def test_created_transfers_are_published_with_the_state_change(
     async with ledger_pool.acquire() as conn:
         await store.open_accounts(conn, [clearing, rider, shop])
     outbox = Outbox("wallet", 4, SystemClock())
-    from services.wallet.events import ledger_events
 
-    async def publish(conn: Connection, outcomes: Sequence[Outcome]) -> None:
-        await outbox.add_many(conn, ledger_events(outcomes))
-
-    writer = LedgerWriter(ledger_pool, publish, shards=2)
+    writer = LedgerWriter(ledger_pool, outbox.add_many, shards=2)
     writer.start()
     hold = Transfer(uuid.uuid4(), rider.id, shop.id, 30, CNY, 4, F.PENDING)
     batch = [
@@ -299,7 +301,7 @@ async def test_concurrent_transfers_with_killed_writers_keep_every_invariant(
         await store.open_accounts(conn, city)
     submissions = _fund_and_spend(rng, clearing, wallets, operator, 2500)
 
-    async def nothing(conn: Connection, outcomes: Sequence[Outcome]) -> None:
+    async def nothing(conn: Connection, events: Sequence[tuple[str, Event]]) -> None:
         return None
 
     # Two writers on two pools: two wallet processes, each with two shards.
@@ -393,3 +395,32 @@ async def audit(
     assert {r["pending_id"]: r["resolution"] for r in resolutions} == {
         k: v for k, v in model.holds.items() if v != "pending"
     }
+
+
+async def test_a_hold_that_expires_with_no_traffic_is_released_and_announced(
+    ledger_pool: asyncpg.Pool,
+) -> None:
+    clearing, rider, pharmacy = (Account(uuid.uuid4(), CNY, c) for c in (3, 1, 2))
+    async with ledger_pool.acquire() as conn:
+        await store.open_accounts(conn, [clearing, dataclasses.replace(rider, flags=LIMITED),
+                                         pharmacy])  # fmt: skip
+    writer = LedgerWriter(ledger_pool, Outbox("wallet", 4, SystemClock()).add_many, idle_s=0.1)
+    writer.start()
+    hold = Transfer(uuid.uuid4(), rider.id, pharmacy.id, 400, CNY, 4, F.PENDING, timeout_s=1)
+    top_up = Transfer(uuid.uuid4(), clearing.id, rider.id, 500, CNY, 1)
+    assert [o.result for o in await writer.submit([top_up, hold])] == [Result.CREATED] * 2
+
+    async def expiries() -> list[HoldExpired]:
+        rows = await ledger_pool.fetch("SELECT body FROM outbox ORDER BY seq")
+        events = [wallet_events.decode(decode(r["body"])) for r in rows]
+        return [e for e in events if isinstance(e, HoldExpired)]
+
+    (expired,) = await eventually(expiries, lambda e: len(e) == 1, what="the hold's expiry")
+    await writer.stop()
+    assert (expired.transfer_id, expired.amount, expired.debit_account_id) == (
+        hold.id,
+        400,
+        rider.id,
+    )
+    (released,) = await store.accounts(ledger_pool, [rider.id])
+    assert (released.available, released.debits_pending) == (500, 0)
