@@ -7,6 +7,7 @@ PostgreSQL schema, so tests never see each other's streams or rows.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from services.wallet.app import SERVICE as WALLET
 from shared import db
 from shared.city import Servers
 from shared.config import BusConfig, PlatformConfig
@@ -69,6 +71,14 @@ def config(servers: Servers, namespace: str, bus_config: BusConfig) -> PlatformC
 async def notes(config: PlatformConfig) -> Service:
     """The platform test app under this test's own schema, migrated."""
     service = make_service(config.service)
+    await migrate(service, config.database_url)
+    return service
+
+
+@pytest.fixture
+async def wallet_service(config: PlatformConfig, namespace: str) -> Service:
+    """The wallet under this test's own schema, migrated."""
+    service = dataclasses.replace(WALLET, name=f"wallet_{namespace}")
     await migrate(service, config.database_url)
     return service
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 
@@ -11,7 +10,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from services.transit.events import FareCharged, transit_events
 from services.wallet import store
-from services.wallet.app import SERVICE
 from services.wallet.events import BalanceLow, FareDebitFailed, TransferPosted, wallet_events
 from services.wallet.fares import operator_account
 from services.wallet.ledger import LEDGERS, Account, AccountCode, Transfer, TransferCode
@@ -27,19 +25,20 @@ CNY = LEDGERS["CNY"]
 
 @pytest.fixture
 async def city(
-    config: PlatformConfig, namespace: str, monkeypatch: pytest.MonkeyPatch
+    config: PlatformConfig,
+    namespace: str,
+    wallet_service: Service,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[tuple[TestClient, TestClient]]:
     """A transit stand-in that publishes fare charges, and the wallet that consumes them."""
     monkeypatch.setenv("WALLET_LOW_BALANCE_MINOR", "300")
-    wallet: Service = dataclasses.replace(SERVICE, name=f"wallet_{namespace}")
     transit = Service(
         name=f"transit_{namespace}", add_routes=lambda app: None, produces=[transit_events]
     )
-    for service in (wallet, transit):
-        await migrate(service, config.database_url)
+    await migrate(transit, config.database_url)
     async with (
         TestClient(TestServer(create_app(transit, config))) as transit_client,
-        TestClient(TestServer(create_app(wallet, config))) as wallet_client,
+        TestClient(TestServer(create_app(wallet_service, config))) as wallet_client,
     ):
         yield transit_client, wallet_client
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -12,7 +11,6 @@ import asyncpg
 import pytest
 
 from services.wallet import finance, store, topups
-from services.wallet.app import SERVICE
 from services.wallet.ledger import LEDGERS, Account, AccountCode, Result, Transfer, TransferCode
 from services.wallet.ledger import TransferFlags as F
 from services.wallet.providers import StandardWebhooksKeys
@@ -22,17 +20,15 @@ from shared import db
 from shared.config import PlatformConfig
 from shared.db import Connection
 from shared.money import Money
-from shared.service import Service, migrate
+from shared.service import Service
 from tests.provider_peers import new_secret
 
 CNY = LEDGERS["CNY"]
 
 
 @pytest.fixture
-async def pool(config: PlatformConfig, namespace: str) -> AsyncIterator[asyncpg.Pool]:
-    service: Service = dataclasses.replace(SERVICE, name=f"wallet_{namespace}")
-    await migrate(service, config.database_url)
-    pool = await db.create_pool(config.database_url, service.schema, max_size=2)
+async def pool(config: PlatformConfig, wallet_service: Service) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(config.database_url, wallet_service.schema, max_size=2)
     yield pool
     await pool.close()
 

@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.wallet import store
-from services.wallet.app import SERVICE
 from services.wallet.events import (
     HoldExpired,
     HoldPlaced,
@@ -39,7 +38,7 @@ from shared.config import PlatformConfig
 from shared.db import Connection
 from shared.events import Event, decode
 from shared.outbox import Outbox
-from shared.service import Service, migrate
+from shared.service import Service
 from tests.ledger_model import Model
 from tests.support import eventually
 
@@ -49,15 +48,10 @@ LIMITED = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 
 
 @pytest.fixture
-async def wallet(config: PlatformConfig, namespace: str) -> Service:
-    service = dataclasses.replace(SERVICE, name=f"wallet_{namespace}")
-    await migrate(service, config.database_url)
-    return service
-
-
-@pytest.fixture
-async def ledger_pool(wallet: Service, config: PlatformConfig) -> AsyncIterator[asyncpg.Pool]:
-    pool = await db.create_pool(config.database_url, wallet.schema, max_size=6)
+async def ledger_pool(
+    wallet_service: Service, config: PlatformConfig
+) -> AsyncIterator[asyncpg.Pool]:
+    pool = await db.create_pool(config.database_url, wallet_service.schema, max_size=6)
     yield pool
     await pool.close()
 
@@ -217,7 +211,7 @@ async def test_the_database_refuses_what_would_break_the_ledger(
 
 
 async def test_created_transfers_are_published_with_the_state_change(
-    ledger_pool: asyncpg.Pool, wallet: Service
+    ledger_pool: asyncpg.Pool, wallet_service: Service
 ) -> None:
     clearing, rider, shop = (
         Account(uuid.uuid4(), CNY, 3),
@@ -290,7 +284,7 @@ def _fund_and_spend(
 )
 @given(seed=st.integers(0, 2**32 - 1))
 async def test_concurrent_transfers_with_killed_writers_keep_every_invariant(
-    ledger_pool: asyncpg.Pool, wallet: Service, config: PlatformConfig, seed: int
+    ledger_pool: asyncpg.Pool, wallet_service: Service, config: PlatformConfig, seed: int
 ) -> None:
     rng = random.Random(seed)
     clearing = Account(uuid.uuid4(), CNY, 3)
@@ -305,7 +299,10 @@ async def test_concurrent_transfers_with_killed_writers_keep_every_invariant(
         return None
 
     # Two writers on two pools: two wallet processes, each with two shards.
-    pools = [ledger_pool, await db.create_pool(config.database_url, wallet.schema, max_size=4)]
+    pools = [
+        ledger_pool,
+        await db.create_pool(config.database_url, wallet_service.schema, max_size=4),
+    ]
     writers = [LedgerWriter(p, nothing, shards=2, max_batch=200) for p in pools]
     for w in writers:
         w.start()
@@ -338,7 +335,7 @@ async def test_concurrent_transfers_with_killed_writers_keep_every_invariant(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE application_name = $1 AND state = 'active'"
                 " AND query LIKE '%create_transfers%'",
-                wallet.schema,
+                wallet_service.schema,
             )
 
     kills = asyncio.create_task(killer())

@@ -3,7 +3,6 @@ reaches the provider as a signed webhook, retried until it answers 2xx."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -14,12 +13,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from services.wallet import finance, refunds, store, topups
-from services.wallet.app import SERVICE
 from services.wallet.handlers import SETTINGS
 from shared.config import PlatformConfig
 from shared.db import in_transaction
 from shared.money import Money
-from shared.service import BUS, POOL, Service, create_app, migrate
+from shared.service import BUS, POOL, Service, create_app
 from tests.provider_peers import new_secret, signed_headers
 from tests.sandbox_provider import SandboxProvider
 from tests.support import eventually
@@ -39,7 +37,7 @@ async def sandbox() -> AsyncIterator[tuple[SandboxProvider, TestServer]]:
 @pytest.fixture
 async def wallet(
     config: PlatformConfig,
-    namespace: str,
+    wallet_service: Service,
     monkeypatch: pytest.MonkeyPatch,
     sandbox: tuple[SandboxProvider, TestServer],
 ) -> AsyncIterator[TestClient]:
@@ -51,9 +49,7 @@ async def wallet(
         "outgoing_secrets": [OUR_SECRET],
     }
     monkeypatch.setenv("WALLET_PROVIDERS", json.dumps({"sandbox": settings}))
-    service: Service = dataclasses.replace(SERVICE, name=f"wallet_{namespace}")
-    await migrate(service, config.database_url)
-    async with TestClient(TestServer(create_app(service, config))) as client:
+    async with TestClient(TestServer(create_app(wallet_service, config))) as client:
         provider.wallet_url = str(client.make_url("")).rstrip("/")
         yield client
 

@@ -23,14 +23,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.wallet import store, topups
-from services.wallet.app import SERVICE
 from services.wallet.events import TopUpCompleted, wallet_events
 from services.wallet.handlers import SETTINGS
 from shared.config import PlatformConfig
 from shared.db import in_transaction
 from shared.events import decode
 from shared.money import Money
-from shared.service import POOL, Service, create_app, migrate
+from shared.service import POOL, Service, create_app
 from tests.provider_peers import new_secret, signed_headers
 
 SANDBOX_SECRET, OLD_SECRET = new_secret(), new_secret()
@@ -58,7 +57,7 @@ STRANGER_PRIVATE, _ = _pem_pair()
 
 @pytest.fixture
 async def wallet(
-    config: PlatformConfig, namespace: str, monkeypatch: pytest.MonkeyPatch
+    config: PlatformConfig, wallet_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[TestClient]:
     monkeypatch.setenv(
         "WALLET_PROVIDERS",
@@ -73,9 +72,7 @@ async def wallet(
             }
         ),
     )
-    service: Service = dataclasses.replace(SERVICE, name=f"wallet_{namespace}")
-    await migrate(service, config.database_url)
-    async with TestClient(TestServer(create_app(service, config))) as client:
+    async with TestClient(TestServer(create_app(wallet_service, config))) as client:
         yield client
 
 

@@ -14,10 +14,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from services.wallet.app import ROUTES, SERVICE
+from services.wallet.app import ROUTES
 from shared.auth import parse_jwks
 from shared.config import AuthConfig, PlatformConfig
-from shared.service import POOL, Service, create_app, migrate
+from shared.service import POOL, Service, create_app
 from tests.provider_peers import new_secret, signed_headers
 
 GATEWAY_KEY = Ed25519PrivateKey.generate()
@@ -38,7 +38,7 @@ RIDER = token("rider-42", "wallet:read", "wallet:topup", "wallet:refund")
 
 @pytest.fixture
 async def api(
-    config: PlatformConfig, namespace: str, monkeypatch: pytest.MonkeyPatch
+    config: PlatformConfig, wallet_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[TestClient]:
     jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(GATEWAY_KEY.public_key()))
     keys = parse_jwks(json.dumps({"keys": [{**jwk, "kid": "gw-1", "alg": "EdDSA"}]}))
@@ -49,10 +49,8 @@ async def api(
         "outgoing_secrets": [new_secret()],
     }
     monkeypatch.setenv("WALLET_PROVIDERS", json.dumps({"sandbox": settings}))  # fmt: skip
-    service: Service = dataclasses.replace(SERVICE, name=f"wallet_{namespace}")
-    await migrate(service, config.database_url)
     with_auth = dataclasses.replace(config, auth=AuthConfig(jwks=keys))
-    async with TestClient(TestServer(create_app(service, with_auth))) as client:
+    async with TestClient(TestServer(create_app(wallet_service, with_auth))) as client:
         yield client
 
 
