@@ -10,14 +10,17 @@ from services.wallet import store
 from services.wallet.events import BalanceLow, FareDebitFailed, Publish
 from services.wallet.ledger import (
     LEDGERS,
+    WALLET_FLAGS,
     Account,
     AccountCode,
     Outcome,
     Result,
     Transfer,
     TransferCode,
+    derived_id,
+    operator_account,
+    wallet_account,
 )
-from services.wallet.topups import WALLET_FLAGS, derived_id, wallet_account
 from services.wallet.writer import book
 from shared.db import Connection
 from shared.events import Event
@@ -25,11 +28,6 @@ from shared.events import Event
 
 class UnchargeableFare(ValueError):
     """A fare the ledger can never apply (unknown currency, amount not positive)."""
-
-
-def operator_account(operator: str, currency: str) -> uuid.UUID:
-    """An operator's revenue account in one currency."""
-    return derived_id(f"operator/{operator}/{currency}")
 
 
 async def charge(

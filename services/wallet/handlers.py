@@ -11,9 +11,17 @@ from urllib.parse import parse_qsl
 import msgspec
 from aiohttp import web
 
-from services.wallet import fares, finance, refunds, store, topups
+from services.wallet import finance, refunds, store, topups
 from services.wallet.config import WalletConfig
-from services.wallet.ledger import CURRENCIES, LEDGERS, Outcome, TransferCode, TransferFlags
+from services.wallet.ledger import (
+    CURRENCIES,
+    LEDGERS,
+    Outcome,
+    TransferCode,
+    TransferFlags,
+    operator_account,
+    wallet_account,
+)
 from services.wallet.reconciliation import BillError, Correction, report_json
 from services.wallet.settlement import BusinessDay
 from services.wallet.topups import NotificationRejected, Payment, Provider, RefundSettled
@@ -128,7 +136,7 @@ async def balance(request: web.Request) -> web.Response:
     """The rider's wallet in one currency."""
     rider = authenticate(request, "wallet:read").subject
     currency = _currency(request.query.get("currency", "CNY"))
-    found = await store.accounts(request.app[POOL], [topups.wallet_account(rider, currency)])
+    found = await store.accounts(request.app[POOL], [wallet_account(rider, currency)])
     account = found[0] if found else None
     return web.json_response({
         "currency": currency,
@@ -140,7 +148,7 @@ async def balance(request: web.Request) -> web.Response:
 async def statement(request: web.Request) -> web.Response:
     """The rider's transfers, newest first; ``next`` is the cursor of the following page."""
     rider = authenticate(request, "wallet:read").subject
-    account = topups.wallet_account(rider, _currency(request.query.get("currency", "CNY")))
+    account = wallet_account(rider, _currency(request.query.get("currency", "CNY")))
     cursor = request.query.get("cursor")
     if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
         raise Problem(400, "Bad Request", "not a cursor we gave", type_=f"{PROBLEMS}/bad-cursor")
@@ -234,7 +242,7 @@ async def operator_statement(request: web.Request) -> web.Response:
     operator = request.match_info["operator"]
     currency = _currency(request.query.get("currency", "CNY"))
     return await _statement(
-        request, fares.operator_account(operator, currency), f"operator:{operator}", currency
+        request, operator_account(operator, currency), f"operator:{operator}", currency
     )
 
 

@@ -133,6 +133,31 @@ class Result(StrEnum):
         return self in (Result.CREATED, Result.EXISTS)
 
 
+# Accounts the wallet owns have ids derived from what they are, so any process finds them.
+_IDS = uuid.UUID("6f1c8a52-3d0e-4a57-9a0c-2b1f6f0e9c11")  # namespace of the wallet's derived ids
+WALLET_FLAGS = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
+
+
+def derived_id(name: str) -> uuid.UUID:
+    """A stable id for a wallet-owned thing named ``name`` (an account, a transfer)."""
+    return uuid.uuid5(_IDS, name)
+
+
+def wallet_account(rider: str, currency: str) -> uuid.UUID:
+    """A rider's wallet in one currency."""
+    return derived_id(f"wallet/{rider}/{currency}")
+
+
+def operator_account(operator: str, currency: str) -> uuid.UUID:
+    """An operator's revenue account in one currency."""
+    return derived_id(f"operator/{operator}/{currency}")
+
+
+def clearing_account(provider: str, currency: str) -> uuid.UUID:
+    """What a provider owes us: debited by its top-ups, credited by refunds."""
+    return derived_id(f"clearing/{provider}/{currency}")
+
+
 @dataclass(frozen=True, slots=True)
 class Account:
     id: uuid.UUID

@@ -13,12 +13,18 @@ from dataclasses import dataclass
 
 from services.wallet import store, webhooks
 from services.wallet.events import Publish
-from services.wallet.ledger import LEDGERS, Result, Transfer, TransferCode, TransferFlags
+from services.wallet.ledger import (
+    LEDGERS,
+    Result,
+    Transfer,
+    TransferCode,
+    TransferFlags,
+    derived_id,
+)
 from services.wallet.topups import (
     NotificationRejected,
     Provider,
     RefundSettled,
-    derived_id,
 )
 from services.wallet.writer import book
 from shared.db import Connection

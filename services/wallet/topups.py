@@ -23,11 +23,14 @@ from services.wallet import providers, store
 from services.wallet.events import Publish, TopUpCompleted
 from services.wallet.ledger import (
     LEDGERS,
+    WALLET_FLAGS,
     Account,
     AccountCode,
-    AccountFlags,
     Transfer,
     TransferCode,
+    clearing_account,
+    derived_id,
+    wallet_account,
 )
 from services.wallet.writer import book
 from shared.config import ConfigError
@@ -36,7 +39,6 @@ from shared.ids import new_id
 from shared.money import Money
 
 Scheme = Literal["standard-webhooks", "alipay-rsa2"]
-_IDS = uuid.UUID("6f1c8a52-3d0e-4a57-9a0c-2b1f6f0e9c11")  # namespace of the wallet's derived ids
 _ALIPAY_TIME = ZoneInfo("Asia/Shanghai")  # Alipay's notify_time is Beijing time, no offset
 _ALIPAY_PAID = frozenset({"TRADE_SUCCESS", "TRADE_FINISHED"})
 
@@ -68,7 +70,7 @@ class Provider:
     @property
     def clearing_account(self) -> uuid.UUID:
         """The account a provider's top-ups are debited from (what the provider owes us)."""
-        return derived_id(f"clearing/{self.name}/{self.currency}")
+        return clearing_account(self.name, self.currency)
 
 
 @dataclass(frozen=True)
@@ -81,22 +83,12 @@ class Payment:
     amount: Money
 
 
-def derived_id(name: str) -> uuid.UUID:
-    """A stable id for a wallet-owned thing named ``name`` (an account, a credit)."""
-    return uuid.uuid5(_IDS, name)
-
-
-def wallet_account(rider: str, currency: str) -> uuid.UUID:
-    return derived_id(f"wallet/{rider}/{currency}")
-
-
 def credit_transfer_id(order_id: uuid.UUID) -> uuid.UUID:
     """The one transfer that may ever credit an order."""
     return derived_id(f"topup/{order_id}")
 
 
 WALLET_CODE, CLEARING_CODE = AccountCode.RIDER_WALLET, AccountCode.PROVIDER_CLEARING
-WALLET_FLAGS = AccountFlags.DEBITS_MUST_NOT_EXCEED_CREDITS
 
 
 class _PaymentData(msgspec.Struct, frozen=True):

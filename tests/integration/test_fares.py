@@ -11,9 +11,16 @@ from aiohttp.test_utils import TestClient, TestServer
 from services.transit.events import FareCharged, transit_events
 from services.wallet import store
 from services.wallet.events import BalanceLow, FareDebitFailed, TransferPosted, wallet_events
-from services.wallet.fares import operator_account
-from services.wallet.ledger import LEDGERS, Account, AccountCode, Transfer, TransferCode
-from services.wallet.topups import WALLET_FLAGS, wallet_account
+from services.wallet.ledger import (
+    LEDGERS,
+    WALLET_FLAGS,
+    Account,
+    AccountCode,
+    Transfer,
+    TransferCode,
+    operator_account,
+    wallet_account,
+)
 from shared.config import PlatformConfig
 from shared.db import Connection, in_transaction
 from shared.events import Event, decode
