@@ -68,11 +68,8 @@ async def provider_notification(request: web.Request) -> web.Response:
 
 
 def _provider(request: web.Request) -> Provider:
-    name = request.match_info["provider"]
-    found = request.app[SETTINGS].providers.get(name)
-    if found is None:
-        raise Problem(404, "Not Found", "no such provider", type_=f"{PROBLEMS}/unknown-provider")
-    return found
+    """The provider the path names: an unknown one is a resource that does not exist (404)."""
+    return _provider_named(request, request.match_info["provider"], status=404)
 
 
 def _read(
@@ -295,10 +292,11 @@ async def _idempotent(
     )
 
 
-def _provider_named(request: web.Request, name: str) -> Provider:
+def _provider_named(request: web.Request, name: str, status: int = 422) -> Provider:
+    """A configured provider; an unknown one named in a body is unprocessable (422)."""
     found = request.app[SETTINGS].providers.get(name)
     if found is None:
-        raise Problem(422, "Unknown provider", f"no provider {name!r}",
+        raise Problem(status, "Unknown provider", f"no provider {name!r}",
                       type_=f"{PROBLEMS}/unknown-provider")  # fmt: skip
     return found
 

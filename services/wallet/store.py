@@ -9,6 +9,7 @@ from datetime import date, datetime
 import asyncpg
 
 from services.wallet.ledger import (
+    MAX_AMOUNT,
     Account,
     AccountFlags,
     Outcome,
@@ -32,16 +33,26 @@ async def create_transfers(conn: Connection, transfers: Sequence[Transfer]) -> l
         [t.id for t in transfers],
         [t.debit_account_id for t in transfers],
         [t.credit_account_id for t in transfers],
-        [t.amount if 0 <= t.amount <= 2**63 - 1 else 0 for t in transfers],
+        [_fits(t.amount, MAX_AMOUNT) for t in transfers],
         [t.pending_id for t in transfers],
-        [t.ledger if 0 <= t.ledger < 2**31 else 0 for t in transfers],
-        [t.code if 0 <= t.code < 2**31 else 0 for t in transfers],
+        [_fits(t.ledger, _MAX_INT) for t in transfers],
+        [_fits(t.code, _MAX_INT) for t in transfers],
         [int(t.flags) for t in transfers],
-        [t.timeout_s if 0 <= t.timeout_s < 2**31 else 0 for t in transfers],
+        [_fits(t.timeout_s, _MAX_INT) for t in transfers],
         [t.reference for t in transfers],
         [invalid(t) for t in transfers],
     )
     return [_outcome(t, row) for t, row in zip(transfers, rows, strict=True)]
+
+
+_MAX_INT = 2**31 - 1
+
+
+def _fits(value: int, most: int) -> int:
+    """A value the column can take. One out of range is sent as 0: ``invalid()`` has failed an
+    amount or timeout out of range already; ledgers and codes come from the wallet's own
+    tables (currencies, ``TransferCode``), never from a client."""
+    return value if 0 <= value <= most else 0
 
 
 def _outcome(asked: Transfer, row: asyncpg.Record) -> Outcome:
