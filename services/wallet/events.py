@@ -12,9 +12,8 @@ from shared.events import Event, EventCatalog
 wallet_events = EventCatalog("wallet")
 
 
-@wallet_events.event("wallet.transfer.posted", version=1)
-class TransferPosted(Event, frozen=True, kw_only=True):
-    """Money moved (a plain transfer, or a hold captured in full or in part)."""
+class Movement(Event, frozen=True, kw_only=True):
+    """What every transfer event says: which transfer, from which account to which, how much."""
 
     transfer_id: uuid.UUID
     debit_account_id: uuid.UUID
@@ -22,35 +21,29 @@ class TransferPosted(Event, frozen=True, kw_only=True):
     amount: int
     currency: str
     code: int
+
+
+@wallet_events.event("wallet.transfer.posted", version=1)
+class TransferPosted(Movement, frozen=True, kw_only=True):
+    """Money moved (a plain transfer, or a hold captured in full or in part)."""
+
     pending_id: uuid.UUID | None = None
     reference: str | None = None
 
 
 @wallet_events.event("wallet.hold.placed", version=1)
-class HoldPlaced(Event, frozen=True, kw_only=True):
+class HoldPlaced(Movement, frozen=True, kw_only=True):
     """Money set aside on the debit account until the hold is posted, voided or expires."""
 
-    transfer_id: uuid.UUID
-    debit_account_id: uuid.UUID
-    credit_account_id: uuid.UUID
-    amount: int
-    currency: str
-    code: int
     timeout_s: int
     reference: str | None = None
 
 
 @wallet_events.event("wallet.transfer.voided", version=1)
-class TransferVoided(Event, frozen=True, kw_only=True):
+class TransferVoided(Movement, frozen=True, kw_only=True):
     """A hold was released without moving money."""
 
-    transfer_id: uuid.UUID
     pending_id: uuid.UUID
-    debit_account_id: uuid.UUID
-    credit_account_id: uuid.UUID
-    amount: int
-    currency: str
-    code: int
 
 
 @wallet_events.event("wallet.topup.completed", version=1)
@@ -90,15 +83,8 @@ class BalanceLow(Event, frozen=True, kw_only=True):
 
 
 @wallet_events.event("wallet.hold.expired", version=1)
-class HoldExpired(Event, frozen=True, kw_only=True):
+class HoldExpired(Movement, frozen=True, kw_only=True):
     """A hold reached its timeout and released its money, on database time."""
-
-    transfer_id: uuid.UUID
-    debit_account_id: uuid.UUID
-    credit_account_id: uuid.UUID
-    amount: int
-    currency: str
-    code: int
 
 
 Publish = Callable[[Connection, Sequence[tuple[str, Event]]], Awaitable[object]]
