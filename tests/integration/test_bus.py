@@ -31,17 +31,23 @@ async def applied(pool: asyncpg.Pool) -> list[asyncpg.Record]:
     return await pool.fetch("SELECT event_id, key, n FROM applied ORDER BY applied_order")
 
 
-async def test_a_note_and_its_event_are_applied_exactly_once(
-    client: TestClient, pool: asyncpg.Pool
+async def write_notes_and_check_each_applied_once_in_order(
+    client: TestClient, pool: asyncpg.Pool, count: int
 ) -> None:
-    for n in range(20):
+    for n in range(count):
         response = await client.post("/notes", json={"key": f"rider-{n % 3}", "n": n})
         assert response.status == 201
-    rows = await eventually(lambda: applied(pool), lambda r: len(r) >= 20, what="20 applied")
-    assert len({r["event_id"] for r in rows}) == 20
+    rows = await eventually(lambda: applied(pool), lambda r: len(r) >= count, what="all applied")
+    assert len({r["event_id"] for r in rows}) == count
     for key in ("rider-0", "rider-1", "rider-2"):
         ns = [r["n"] for r in rows if r["key"] == key]
         assert ns == sorted(ns), f"events of {key} applied out of order"
+
+
+async def test_a_note_and_its_event_are_applied_exactly_once(
+    client: TestClient, pool: asyncpg.Pool
+) -> None:
+    await write_notes_and_check_each_applied_once_in_order(client, pool, 20)
 
 
 async def test_a_batch_handler_applies_runs_of_events_once_each_in_order(
@@ -49,14 +55,7 @@ async def test_a_batch_handler_applies_runs_of_events_once_each_in_order(
 ) -> None:
     batched = make_service(config.service, batched=True)
     async with TestClient(TestServer(create_app(batched, config))) as client:
-        for n in range(60):
-            response = await client.post("/notes", json={"key": f"rider-{n % 3}", "n": n})
-            assert response.status == 201
-        rows = await eventually(lambda: applied(pool), lambda r: len(r) >= 60, what="60 applied")
-    assert len({r["event_id"] for r in rows}) == 60
-    for key in ("rider-0", "rider-1", "rider-2"):
-        ns = [r["n"] for r in rows if r["key"] == key]
-        assert ns == sorted(ns), f"events of {key} applied out of order"
+        await write_notes_and_check_each_applied_once_in_order(client, pool, 60)
 
 
 async def test_an_event_of_a_rolled_back_transaction_never_leaves(
