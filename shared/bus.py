@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -13,7 +12,7 @@ import asyncpg
 import redis.asyncio as aioredis
 
 from shared import idempotency
-from shared.clock import Clock, wait_for_stop
+from shared.clock import Clock, every
 from shared.config import BusConfig
 from shared.consumer import TRANSIENT, Consumer, Subscription
 from shared.db import Connection
@@ -23,7 +22,6 @@ from shared.keys import Keys
 from shared.metrics import Metrics
 from shared.outbox import Outbox, Relay
 
-log = logging.getLogger(__name__)
 UPKEEP_EVERY_S = 30.0
 
 
@@ -105,14 +103,18 @@ class Bus:
                 await task
 
     async def _upkeep(self, stopping: asyncio.Event) -> None:
-        while not stopping.is_set():
-            try:
-                await self.trim()
-                await self.prune()
-                self.metrics.bus_outbox_backlog.set(await self.relay.backlog())
-            except (*TRANSIENT, asyncpg.PostgresError) as exc:
-                log.warning("bus upkeep failed; will retry", extra={"error": repr(exc)})
-            await wait_for_stop(stopping, UPKEEP_EVERY_S)
+        await every(
+            UPKEEP_EVERY_S,
+            self._tidy,
+            stopping,
+            retry_on=(*TRANSIENT, asyncpg.PostgresError),
+            what="bus upkeep",
+        )
+
+    async def _tidy(self) -> None:
+        await self.trim()
+        await self.prune()
+        self.metrics.bus_outbox_backlog.set(await self.relay.backlog())
 
     async def trim(self) -> int:
         """Drop stream entries every group has acknowledged, and never one that any has not."""

@@ -2,8 +2,12 @@
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
+
+_log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -23,3 +27,21 @@ async def wait_for_stop(stopping: asyncio.Event, seconds: float) -> None:
     """Pause for up to ``seconds``, returning early when ``stopping`` is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), timeout=seconds)
+
+
+async def every(
+    seconds: float,
+    work: Callable[[], Awaitable[object]],
+    stopping: asyncio.Event,
+    *,
+    retry_on: tuple[type[BaseException], ...],
+    what: str,
+) -> None:
+    """Run ``work`` now and then every ``seconds`` until ``stopping``; a failure among
+    ``retry_on`` (a server away) is logged and tried again next round."""
+    while not stopping.is_set():
+        try:
+            await work()
+        except retry_on as exc:
+            _log.warning("%s failed; will retry", what, extra={"error": repr(exc)})
+        await wait_for_stop(stopping, seconds)

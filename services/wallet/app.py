@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import date
@@ -19,11 +18,10 @@ from services.wallet.events import wallet_events
 from services.wallet.topups import Provider
 from services.wallet.webhooks import Backoff, WebhookSender
 from services.wallet.writer import LedgerWriter
-from shared.clock import wait_for_stop
+from shared.clock import every
 from shared.db import Connection, in_transaction
 from shared.service import BUS, CLOCK, POOL, Service
 
-log = logging.getLogger(__name__)
 WRITER = web.AppKey("ledger_writer", LedgerWriter)
 
 
@@ -98,19 +96,14 @@ async def _settlement_announcer(app: web.Application) -> AsyncIterator[None]:
         return await finance.announce_final_day(conn, provider, tz, cutoff, clock.now())
 
     stopping = asyncio.Event()
-    task = asyncio.create_task(_every(60.0, announce, stopping), name="settlement-announcer")
+    retry_on = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+    task = asyncio.create_task(
+        every(60.0, announce, stopping, retry_on=retry_on, what="settlement announcement"),
+        name="settlement-announcer",
+    )
     yield
     stopping.set()
     await task
-
-
-async def _every(seconds: float, work: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await work()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("periodic work failed; will retry", extra={"error": repr(exc)})
-        await wait_for_stop(stop, seconds)
 
 
 SERVICE = Service(
