@@ -114,21 +114,48 @@ class BusConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    """How a service checks the gateway's access tokens: whose, for whom, with which keys."""
+    """How a service checks access tokens: whose, for whom, with which keys (inline or by URL)."""
 
     issuer: str = "cardless-gateway"
-    audience: str = "cardless"
+    # Services take only the gateway's internal tokens (decision 006), never a client's own.
+    audience: str = "cardless-internal"
     jwks: tuple[VerificationKey, ...] = ()
     leeway_s: int = 30
+    jwks_url: str | None = None
+    jwks_refresh_s: int = 30
 
     @classmethod
     def from_env(cls, env: Env) -> AuthConfig:
+        jwks, jwks_url = env.jwks("AUTH_JWKS"), _jwks_url(env, "AUTH_JWKS_URL")
+        if env.text("AUTH_JWKS", "") and jwks_url is not None:
+            raise ConfigError("AUTH_JWKS, AUTH_JWKS_URL: set one of them, not both")
         return cls(
             issuer=env.text("AUTH_ISSUER", cls.issuer),
             audience=env.text("AUTH_AUDIENCE", cls.audience),
-            jwks=env.jwks("AUTH_JWKS"),
+            jwks=jwks,
             leeway_s=env.integer("AUTH_LEEWAY_S", cls.leeway_s, maximum=300),
+            jwks_url=jwks_url,
+            jwks_refresh_s=env.integer(
+                "AUTH_JWKS_REFRESH_S", cls.jwks_refresh_s, minimum=1, maximum=300
+            ),
         )
+
+
+def _jwks_url(env: Env, name: str) -> str | None:
+    """Where to fetch the JWKS, if set: an http(s) URL naming a host (and a valid port)."""
+    if not env.text(name, ""):
+        return None
+    url = env.url(name, ("https", "http"))
+    parts = urlsplit(url)
+    try:
+        usable = parts.hostname is not None and parts.port != 0
+    except ValueError:  # a port that is not a number from 0 to 65535
+        usable = False
+    if not usable:
+        raise ConfigError(
+            f"{name}: expected a URL like https://host:port/..., got {_redact(url)!r}"
+        )
+    return url
 
 
 @dataclass(frozen=True)

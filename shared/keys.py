@@ -7,7 +7,9 @@ partition lives in one slot and can be changed atomically.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from urllib.parse import quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,3 +33,14 @@ class Keys:
     def members(self, topic: str, group: str) -> str:
         """Sorted set of a group's live consumers (score: heartbeat deadline, ms)."""
         return f"{self.namespace}:members:{{{topic}}}:{group}"
+
+    def rate_limit(self, client: str, route_class: str) -> str:
+        """The GCRA state (theoretical arrival time) of one client on one route class.
+
+        The client id is hashed to fixed-length hex, so whatever it holds (``:``, braces that
+        would form a Cluster hash tag, lone surrogates from a JSON token) two clients never
+        share a key, and a key listing does not spell the id out. The class is escaped.
+        """
+        digest = hashlib.sha256(client.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        route = quote(route_class, safe="", errors="surrogatepass")
+        return f"{self.namespace}:ratelimit:{digest}:{route}"

@@ -4,7 +4,8 @@ A service module exposes a ``Service``: its name, its migrations, the events it 
 topics it consumes, and a function that adds its routes. ``create_app`` turns that and a
 ``PlatformConfig`` into a ready ``web.Application`` whose pool, Redis client and bus are opened
 and closed in ``cleanup_ctx`` (in that order, and the reverse on shutdown), and whose
-``shared.auth.VERIFIER`` checks the gateway's access tokens.
+``shared.auth.VERIFIER`` checks the gateway's access tokens against ``AUTH_JWKS``, or against
+the JWKS at ``AUTH_JWKS_URL`` fetched over an HTTP session of its own.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
 from shared import db, http
-from shared.auth import VERIFIER, TokenVerifier
+from shared.auth import VERIFIER, RemoteJwks, TokenVerifier
 from shared.bus import Bus
 from shared.clock import Clock, SystemClock
 from shared.config import PlatformConfig
@@ -90,13 +92,30 @@ def create_app(
     app = http.base_app(metrics, max_body_bytes=config.max_body_bytes, error_map=service.error_map)
     app[CONFIG] = config
     app[CLOCK] = clock or SystemClock()
-    app[VERIFIER] = TokenVerifier(config.auth, app[CLOCK])
-    if not app[VERIFIER].configured:
-        log.warning("AUTH_JWKS has no keys: every authenticated route answers 401")
+    if config.auth.jwks_url is not None:
+        # Its HTTP session must be opened inside the running loop: the verifier comes at start.
+        app.cleanup_ctx.append(_remote_verifier(config.auth.jwks_url))
+    else:
+        app[VERIFIER] = TokenVerifier(config.auth, app[CLOCK])
+        if not app[VERIFIER].configured:
+            log.warning("no AUTH_JWKS nor AUTH_JWKS_URL: every authenticated route answers 401")
     app.cleanup_ctx.append(_resources(service))
     app.cleanup_ctx.append(_bus(service))
     service.add_routes(app)
     return app
+
+
+def _remote_verifier(url: str) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def remote_verifier(app: web.Application) -> AsyncIterator[None]:
+        """A verifier with the JWKS at ``url``, over a session closed last on shutdown."""
+        auth = app[CONFIG].auth
+        async with aiohttp.ClientSession() as session:
+            keys = RemoteJwks(url, session=session, min_refresh_interval_s=auth.jwks_refresh_s)
+            app[VERIFIER] = TokenVerifier(auth, app[CLOCK], keys)
+            yield
+            await keys.aclose()
+
+    return remote_verifier
 
 
 def _resources(service: Service) -> Callable[[web.Application], AsyncIterator[None]]:

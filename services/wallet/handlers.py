@@ -131,7 +131,7 @@ class RefundBody(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 async def balance(request: web.Request) -> web.Response:
     """The rider's wallet in one currency."""
-    rider = authenticate(request, "wallet:read").subject
+    rider = (await authenticate(request, "wallet:read")).subject
     currency = _currency(request.query.get("currency", "CNY"))
     found = await store.accounts(request.app[POOL], [wallet_account(rider, currency)])
     account = found[0] if found else None
@@ -144,7 +144,7 @@ async def balance(request: web.Request) -> web.Response:
 
 async def statement(request: web.Request) -> web.Response:
     """The rider's transfers, newest first; ``next`` is the cursor of the following page."""
-    rider = authenticate(request, "wallet:read").subject
+    rider = (await authenticate(request, "wallet:read")).subject
     account = wallet_account(rider, _currency(request.query.get("currency", "CNY")))
     cursor = request.query.get("cursor")
     if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) < 19):
@@ -160,7 +160,7 @@ async def statement(request: web.Request) -> web.Response:
 
 async def create_top_up(request: web.Request) -> web.Response:
     """A top-up order through a provider; the provider's notification credits it later."""
-    rider = authenticate(request, "wallet:topup").subject
+    rider = (await authenticate(request, "wallet:topup")).subject
     body = await read_body(request, TopUpBody)
     provider = _provider_named(request, body.provider)
     amount = Money(body.amount, _currency(body.currency))
@@ -182,7 +182,7 @@ async def create_top_up(request: web.Request) -> web.Response:
 
 
 async def top_up(request: web.Request) -> web.Response:
-    rider = authenticate(request, "wallet:read").subject
+    rider = (await authenticate(request, "wallet:read")).subject
     row = await store.top_up_of(request.app[POOL], _id(request, "order_id"), rider)
     if row is None:
         raise Problem(404, "Not Found", "no such top-up", type_=f"{PROBLEMS}/top-up-not-found")
@@ -192,7 +192,7 @@ async def top_up(request: web.Request) -> web.Response:
 
 async def create_refund(request: web.Request) -> web.Response:
     """Ask for part or all of a paid top-up back, to where it came from."""
-    rider = authenticate(request, "wallet:refund").subject
+    rider = (await authenticate(request, "wallet:refund")).subject
     order_id = _id(request, "order_id")
     body = await read_body(request, RefundBody)
     amount = Money(body.amount, _currency(body.currency))
@@ -222,7 +222,7 @@ async def create_refund(request: web.Request) -> web.Response:
 
 async def provider_statement(request: web.Request) -> web.Response:
     """A provider's daily statement: the provider itself, or the operator's finance team."""
-    principal = authenticate(request)
+    principal = await authenticate(request)
     provider = _provider(request)
     if not (
         "wallet:finance" in principal.scopes
@@ -235,7 +235,7 @@ async def provider_statement(request: web.Request) -> web.Response:
 
 
 async def operator_statement(request: web.Request) -> web.Response:
-    authenticate(request, "wallet:finance")
+    await authenticate(request, "wallet:finance")
     operator = request.match_info["operator"]
     currency = _currency(request.query.get("currency", "CNY"))
     return await _statement(
@@ -245,7 +245,7 @@ async def operator_statement(request: web.Request) -> web.Response:
 
 async def import_bill(request: web.Request) -> web.Response:
     """Reconcile a provider's daily bill (CSV); ``?apply=true`` books the corrections."""
-    principal = authenticate(request, "wallet:finance")
+    principal = await authenticate(request, "wallet:finance")
     provider, day = _provider(request), _day(request)
     apply = request.query.get("apply") == "true"
     bill = await request.read()

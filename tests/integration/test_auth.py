@@ -37,8 +37,8 @@ class ManualClock:
 def mint(clock: ManualClock, scope: str = "rides:read", **changes: Any) -> str:
     """What the gateway forwards: a five-minute access token for a rider."""
     now = int(clock.now().timestamp())
-    claims: dict[str, Any] = {"iss": "cardless-gateway", "aud": "cardless", "sub": "rider-7f3a"}
-    claims |= {"scope": scope, "iat": now, "exp": now + 300, **changes}
+    claims: dict[str, Any] = {"iss": "cardless-gateway", "aud": "cardless-internal"}
+    claims |= {"sub": "rider-7f3a", "scope": scope, "iat": now, "exp": now + 300, **changes}
     return jwt.encode(claims, SIGNING_KEY, "EdDSA", headers={"kid": KID})
 
 
@@ -47,7 +47,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def whoami(request: web.Request) -> web.Response:
-    principal = authenticate(request, "rides:read")
+    principal = await authenticate(request, "rides:read")
     return web.json_response({"subject": principal.subject, "scopes": sorted(principal.scopes)})
 
 
@@ -113,6 +113,15 @@ async def test_a_bad_token_is_401_invalid_token_with_the_reason(
     body = await problem(response, 401, UNAUTHENTICATED)
     assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
     assert body["detail"] == "wrong issuer"
+
+
+async def test_a_clients_own_access_token_sent_past_the_gateway_is_refused(
+    client: TestClient, clock: ManualClock
+) -> None:
+    # Signed by the gateway, but for its clients (aud "cardless"), not the internal audience.
+    response = await client.get("/whoami", headers=bearer(mint(clock, aud="cardless")))
+    body = await problem(response, 401, UNAUTHENTICATED)
+    assert body["detail"] == "wrong audience"
 
 
 @pytest.mark.parametrize(

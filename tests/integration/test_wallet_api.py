@@ -27,7 +27,7 @@ SANDBOX_SECRET = new_secret()
 def token(subject: str, *scopes: str) -> dict[str, str]:
     """What the gateway forwards: a short-lived access token for ``subject``."""
     now = int(time.time())
-    claims = {"iss": "cardless-gateway", "aud": "cardless", "sub": subject,
+    claims = {"iss": "cardless-gateway", "aud": "cardless-internal", "sub": subject,
               "scope": " ".join(scopes), "iat": now, "exp": now + 300}  # fmt: skip
     signed = jwt.encode(claims, GATEWAY_KEY, algorithm="EdDSA", headers={"kid": "gw-1"})
     return {"Authorization": f"Bearer {signed}"}

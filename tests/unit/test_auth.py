@@ -23,7 +23,9 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm, get_default_
 
 from shared.auth import (
     MAX_TOKEN_CHARS,
+    JwksError,
     Principal,
+    StaticKeys,
     TokenVerifier,
     Unauthenticated,
     VerificationKey,
@@ -32,7 +34,7 @@ from shared.auth import (
 from shared.config import AuthConfig, ConfigError, PlatformConfig
 
 NOW = datetime(2030, 1, 1, 8, 30, tzinfo=UTC)
-ISSUER, AUDIENCE = "cardless-gateway", "cardless"
+ISSUER, AUDIENCE = "cardless-gateway", "cardless-internal"
 SERVERS = {
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     "DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/postgres",
@@ -93,9 +95,9 @@ def verifier(*gateways: Gateway, at: datetime = NOW) -> TokenVerifier:
     return TokenVerifier(AuthConfig(ISSUER, AUDIENCE, keys, leeway_s=30), FixedClock(at))
 
 
-def refusal(token: str, checker: TokenVerifier | None = None) -> str:
+async def refusal(token: str, checker: TokenVerifier | None = None) -> str:
     with pytest.raises(Unauthenticated) as refused:
-        (checker or verifier()).verify(token)
+        await (checker or verifier()).verify(token)
     return refused.value.reason
 
 
@@ -111,16 +113,16 @@ def hand_made(header: dict[str, Any], claims: dict[str, Any], signature: bytes =
 
 
 @pytest.mark.parametrize("gateway", [ED, EC], ids=["EdDSA", "ES256"])
-def test_a_good_token_names_the_principal_and_its_scopes(gateway: Gateway) -> None:
-    assert verifier().verify(gateway.mint()) == Principal(
+async def test_a_good_token_names_the_principal_and_its_scopes(gateway: Gateway) -> None:
+    assert await verifier().verify(gateway.mint()) == Principal(
         subject="rider-7f3a",
         scopes=frozenset({"rides:read", "wallet:pay"}),
         client_id="cardless-app",
     )
 
 
-def test_a_token_without_scope_or_client_id_names_a_principal_with_neither() -> None:
-    principal = verifier().verify(ED.mint(scope=None, client_id=None))
+async def test_a_token_without_scope_or_client_id_names_a_principal_with_neither() -> None:
+    principal = await verifier().verify(ED.mint(scope=None, client_id=None))
     assert principal == Principal("rider-7f3a", frozenset(), None)
 
 
@@ -147,10 +149,10 @@ def test_a_token_without_scope_or_client_id_names_a_principal_with_neither() -> 
         ({"client_id": 7}, "malformed scope or client_id"),
     ],
 )
-def test_a_token_with_bad_claims_is_refused_for_that_reason(
+async def test_a_token_with_bad_claims_is_refused_for_that_reason(
     changes: dict[str, Any], reason: str
 ) -> None:
-    assert refusal(ED.mint(**changes)) == reason
+    assert await refusal(ED.mint(**changes)) == reason
 
 
 @pytest.mark.parametrize(
@@ -163,28 +165,29 @@ def test_a_token_with_bad_claims_is_refused_for_that_reason(
     ],
     ids=["expired-within-leeway", "nbf-within-leeway", "iat-within-leeway", "aud-list"],
 )
-def test_clock_skew_within_the_leeway_and_an_audience_list_naming_us_are_accepted(
+async def test_clock_skew_within_the_leeway_and_an_audience_list_naming_us_are_accepted(
     changes: dict[str, Any],
 ) -> None:
-    assert verifier().verify(ED.mint(**changes)).subject == "rider-7f3a"
+    assert (await verifier().verify(ED.mint(**changes))).subject == "rider-7f3a"
 
 
-def test_the_verifiers_clock_decides_expiry_not_the_wall_clock() -> None:
+async def test_the_verifiers_clock_decides_expiry_not_the_wall_clock() -> None:
     token = ED.mint()
-    assert verifier(at=NOW + timedelta(seconds=260)).verify(token).subject == "rider-7f3a"
-    assert refusal(token, verifier(at=NOW + timedelta(seconds=300))) == "token expired"
+    late = verifier(at=NOW + timedelta(seconds=260))
+    assert (await late.verify(token)).subject == "rider-7f3a"
+    assert await refusal(token, verifier(at=NOW + timedelta(seconds=300))) == "token expired"
 
 
-def test_alg_none_is_refused_with_or_without_a_kid() -> None:
+async def test_alg_none_is_refused_with_or_without_a_kid() -> None:
     claims = ED.claims()
-    assert refusal(hand_made({"alg": "none", "kid": ED.kid}, claims)) == (
+    assert await refusal(hand_made({"alg": "none", "kid": ED.kid}, claims)) == (
         "algorithm not allowed for this key"
     )
-    assert refusal(hand_made({"alg": "none"}, claims)) == "missing kid"
+    assert await refusal(hand_made({"alg": "none"}, claims)) == "missing kid"
 
 
 @pytest.mark.parametrize("gateway", [ED, EC], ids=["Ed25519", "P-256"])
-def test_hs256_signed_with_the_public_key_as_secret_is_refused(gateway: Gateway) -> None:
+async def test_hs256_signed_with_the_public_key_as_secret_is_refused(gateway: Gateway) -> None:
     # The classic confusion attack: the public key is public, so an attacker can HMAC with it.
     public = gateway.private.public_key()
     for secret in (
@@ -194,62 +197,92 @@ def test_hs256_signed_with_the_public_key_as_secret_is_refused(gateway: Gateway)
         header, claims = {"alg": "HS256", "kid": gateway.kid, "typ": "JWT"}, gateway.claims()
         signing_input = hand_made(header, claims).rsplit(".", 1)[0].encode()
         mac = hmac.new(secret, signing_input, hashlib.sha256).digest()
-        assert refusal(hand_made(header, claims, mac)) == "algorithm not allowed for this key"
+        assert await refusal(hand_made(header, claims, mac)) == "algorithm not allowed for this key"
 
 
-def test_a_token_whose_alg_differs_from_the_keys_is_refused() -> None:
+async def test_a_token_whose_alg_differs_from_the_keys_is_refused() -> None:
     es256_on_ed_kid = jwt.encode(ED.claims(), EC.private, "ES256", headers={"kid": ED.kid})
-    assert refusal(es256_on_ed_kid) == "algorithm not allowed for this key"
+    assert await refusal(es256_on_ed_kid) == "algorithm not allowed for this key"
 
 
-def test_a_token_signed_by_another_key_under_our_kid_is_refused() -> None:
+async def test_a_token_signed_by_another_key_under_our_kid_is_refused() -> None:
     impostor = Gateway(ED.kid, "Ed25519")
-    assert refusal(impostor.mint()) == "bad signature"
+    assert await refusal(impostor.mint()) == "bad signature"
     # Nor does a key the token carries itself count (the embedded-jwk attack, CVE-2018-0114).
     own_key = {"jwk": impostor.jwk(), "jku": "https://attacker.example/jwks.json"}
-    assert refusal(impostor.mint(headers=own_key)) == "bad signature"
+    assert await refusal(impostor.mint(headers=own_key)) == "bad signature"
 
 
-def test_a_token_whose_claims_were_changed_after_signing_is_refused() -> None:
+async def test_a_token_whose_claims_were_changed_after_signing_is_refused() -> None:
     header, _, signature = ED.mint().split(".")
     forged = b64(json.dumps(ED.claims(scope="admin")).encode())
-    assert refusal(f"{header}.{forged}.{signature}") == "bad signature"
+    assert await refusal(f"{header}.{forged}.{signature}") == "bad signature"
 
 
-def test_a_token_with_an_unknown_or_missing_kid_is_refused() -> None:
-    assert refusal(ED.mint(headers={"kid": "ed-1999-01"})) == "unknown kid"
+async def test_a_token_with_an_unknown_or_missing_kid_is_refused() -> None:
+    assert await refusal(ED.mint(headers={"kid": "ed-1999-01"})) == "unknown kid"
     no_kid = jwt.encode(ED.claims(), ED.private, "EdDSA")
-    assert refusal(no_kid) == "missing kid"
+    assert await refusal(no_kid) == "missing kid"
 
 
-def test_a_token_with_an_unknown_critical_header_is_refused() -> None:
-    assert refusal(ED.mint(headers={"crit": ["exp"], "exp": 1})) == "malformed token"
+async def test_a_token_with_an_unknown_critical_header_is_refused() -> None:
+    assert await refusal(ED.mint(headers={"crit": ["exp"], "exp": 1})) == "malformed token"
 
 
-def test_an_oversized_token_is_refused_before_it_is_parsed() -> None:
+async def test_an_oversized_token_is_refused_before_it_is_parsed() -> None:
     token = ED.mint(padding="x" * MAX_TOKEN_CHARS)
-    assert refusal(token) == "token too large"
+    assert await refusal(token) == "token too large"
 
 
-def test_without_keys_every_token_is_refused() -> None:
+async def test_without_keys_every_token_is_refused() -> None:
     empty = TokenVerifier(AuthConfig(), FixedClock(NOW))
     assert not empty.configured
-    assert refusal(ED.mint(), empty) == "authentication is not configured"
+    assert await refusal(ED.mint(), empty) == "authentication is not configured"
 
 
-def test_during_rotation_tokens_of_the_old_and_the_new_key_are_both_accepted() -> None:
+async def test_during_rotation_tokens_of_the_old_and_the_new_key_are_both_accepted() -> None:
     old, new = Gateway("ed-2029-12", "Ed25519"), Gateway("ed-2030-01", "Ed25519")
     both = verifier(old, new)
-    assert both.verify(old.mint()).subject == both.verify(new.mint()).subject == "rider-7f3a"
-    assert refusal(old.mint(), verifier(new)) == "unknown kid"
+    assert (await both.verify(old.mint())).subject == "rider-7f3a"
+    assert (await both.verify(new.mint())).subject == "rider-7f3a"
+    assert await refusal(old.mint(), verifier(new)) == "unknown kid"
 
 
-def test_a_refusal_is_logged_with_its_reason_and_kid_but_never_the_token(
+async def test_the_gateway_swaps_in_its_rotated_keys_and_they_take_effect_at_once() -> None:
+    old, new = Gateway("ed-2029-12", "Ed25519"), Gateway("ed-2030-01", "Ed25519")
+    own = StaticKeys(parse_jwks(jwks(old)))
+    checker = TokenVerifier(AuthConfig(ISSUER, AUDIENCE), FixedClock(NOW), own)
+    assert (await checker.verify(old.mint())).subject == "rider-7f3a"
+    own.replace(parse_jwks(jwks(new)))
+    assert (await checker.verify(new.mint())).subject == "rider-7f3a"
+    assert await refusal(old.mint(), checker) == "unknown kid"
+    with pytest.raises(JwksError, match="two keys share a kid"):
+        own.replace([*parse_jwks(jwks(new)), *parse_jwks(jwks(new))])
+
+
+async def test_claims_gives_every_claim_of_a_good_token_and_refuses_a_bad_one_alike() -> None:
+    # The gateway reads claims a Principal does not carry, such as the key binding (cnf).
+    binding = {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}
+    claims = await verifier().claims(ED.mint(cnf=binding))
+    assert claims == ED.claims(cnf=binding)
+    with pytest.raises(Unauthenticated) as refused:
+        await verifier().claims(ED.mint(aud="cardless"))
+    assert refused.value.reason == "wrong audience"
+
+
+def test_a_verifier_for_a_jwks_url_needs_its_remote_key_source() -> None:
+    config = AuthConfig(jwks_url="https://gateway.cardless.example/.well-known/jwks.json")
+    with pytest.raises(ValueError, match="AUTH_JWKS_URL"):
+        TokenVerifier(config, FixedClock(NOW))
+    assert TokenVerifier(config, FixedClock(NOW), StaticKeys([])).configured
+
+
+async def test_a_refusal_is_logged_with_its_reason_and_kid_but_never_the_token(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     token = ED.mint(sub="rider-secret-subject", exp=int(NOW.timestamp()) - 3600)
     with caplog.at_level(logging.INFO, logger="shared.auth"):
-        refusal(token)
+        await refusal(token)
     [record] = caplog.records
     assert record.levelno == logging.INFO
     assert (record.__dict__["reason"], record.__dict__["kid"]) == ("token expired", ED.kid)
@@ -281,31 +314,31 @@ CLAIMS = st.dictionaries(
 
 @given(ANY_TEXT)
 @example("\udcff\udcfe.e30.")
-def test_any_string_is_refused_with_our_exception_only(text: str) -> None:
-    refusal(text)
+async def test_any_string_is_refused_with_our_exception_only(text: str) -> None:
+    await refusal(text)
 
 
 @given(HEADER, CLAIMS | JSON_VALUE, SEGMENT)
-def test_any_token_shaped_string_is_refused_with_our_exception_only(
+async def test_any_token_shaped_string_is_refused_with_our_exception_only(
     header: dict[str, Any], claims: Any, signature: str
 ) -> None:
     token = ".".join(
         [b64(json.dumps(header).encode()), b64(json.dumps(claims).encode()), signature]
     )
-    refusal(token)
+    await refusal(token)
 
 
 @given(CLAIMS | JSON_VALUE)
 @example({**ED.claims(), "exp": 10**400})
 @example({**ED.claims(), "iat": -(10**400)})
-def test_any_claims_under_a_good_signature_give_a_principal_or_our_exception(
+async def test_any_claims_under_a_good_signature_give_a_principal_or_our_exception(
     claims: Any,
 ) -> None:
     # Signed as raw JWS: pyjwt's encoder would refuse some of these shapes before signing.
     payload = json.dumps(claims).encode()
     token = jwt.PyJWS().encode(payload, ED.private, "EdDSA", headers={"kid": ED.kid})
     try:
-        principal = verifier().verify(token)
+        principal = await verifier().verify(token)
     except Unauthenticated:
         return
     assert principal.subject == claims["sub"]
@@ -317,9 +350,14 @@ def test_the_jwks_pins_each_key_to_its_algorithm() -> None:
     assert all(isinstance(k, VerificationKey) for k in keys)
 
 
-def test_auth_settings_default_to_no_keys_and_a_30s_leeway() -> None:
+def test_auth_settings_default_to_no_keys_the_internal_audience_and_a_30s_leeway() -> None:
     assert PlatformConfig.from_env("wallet", SERVERS).auth == AuthConfig(
-        issuer="cardless-gateway", audience="cardless", jwks=(), leeway_s=30
+        issuer="cardless-gateway",
+        audience="cardless-internal",
+        jwks=(),
+        leeway_s=30,
+        jwks_url=None,
+        jwks_refresh_s=30,
     )
 
 
@@ -340,6 +378,54 @@ def test_auth_settings_come_from_the_environment_with_the_jwks_inline() -> None:
         5,
     )
     assert [k.kid for k in auth.jwks] == [ED.kid, EC.kid]
+
+
+def test_the_jwks_can_instead_be_fetched_from_a_url_with_its_refresh_interval() -> None:
+    url = "https://gateway.cardless.example/.well-known/jwks.json"
+    auth = PlatformConfig.from_env(
+        "wallet", {**SERVERS, "AUTH_JWKS_URL": url, "AUTH_JWKS_REFRESH_S": "10"}
+    ).auth
+    assert (auth.jwks_url, auth.jwks_refresh_s, auth.jwks) == (url, 10, ())
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"AUTH_JWKS_URL": "https://gw.example/jwks.json", "AUTH_JWKS": jwks(ED)},
+            "AUTH_JWKS, AUTH_JWKS_URL: set one of them, not both",
+        ),
+        (
+            {"AUTH_JWKS_URL": "https://gw.example/jwks.json", "AUTH_JWKS": '{"keys": []}'},
+            "AUTH_JWKS, AUTH_JWKS_URL: set one of them, not both",
+        ),
+        (
+            {"AUTH_JWKS_URL": "ftp://gw.example/jwks.json"},
+            "AUTH_JWKS_URL: expected a URL like https://host:port/... or http://host:port/...,"
+            " got 'ftp://gw.example/jwks.json'",
+        ),
+        (
+            {"AUTH_JWKS_URL": "https:///jwks.json"},
+            "AUTH_JWKS_URL: expected a URL like https://host:port/..., got 'https:///jwks.json'",
+        ),
+        (
+            {"AUTH_JWKS_URL": "https://ops:hunter2@gw.example:99999/jwks.json"},
+            "AUTH_JWKS_URL: expected a URL like https://host:port/...,"
+            " got 'https://ops:***@gw.example:99999/jwks.json'",
+        ),
+        (
+            {"AUTH_JWKS_REFRESH_S": "0"},
+            "AUTH_JWKS_REFRESH_S: expected an integer from 1 to 300, got '0'",
+        ),
+    ],
+    ids=["both", "both-empty-jwks", "scheme", "no-host", "bad-port", "refresh"],
+)
+def test_a_bad_jwks_url_setting_fails_with_one_line_naming_it(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as error:
+        PlatformConfig.from_env("wallet", {**SERVERS, **environ})
+    assert str(error.value) == message
 
 
 def test_the_jwks_can_be_read_from_a_file(tmp_path: Path) -> None:
