@@ -1,0 +1,474 @@
+"""Forwarding to upstream services: keep-alive pools, deadlines, retries, breakers, shedding.
+
+Each upstream has its own connection pool and circuit breaker; every forward runs under one
+deadline (retries included); retries happen only where the route says they are safe and a
+retry budget allows (Finagle/Envoy style), so a failing service is not buried under retries.
+
+Forwarding headers: the gateway is the city's public edge, so it drops whatever ``Forwarded``,
+``X-Forwarded-*`` or ``X-Real-IP`` a client sent (anyone can write them) and sets
+``X-Forwarded-For`` (the peer it saw) and ``X-Forwarded-Proto`` itself; a service may trust them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import aiohttp
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from yarl import URL
+
+from shared.http import Handler, Problem
+
+log = logging.getLogger(__name__)
+
+BreakerState = Literal["closed", "open", "half_open"]
+Monotonic = Callable[[], float]
+# gateway_circuit_breaker_state: 0 closed, 1 half-open (probing), 2 open.
+BREAKER_STATE_VALUES: Mapping[BreakerState, int] = {"closed": 0, "half_open": 1, "open": 2}
+RETRYABLE_STATUSES = frozenset({502, 503, 504})
+# RFC 9110 §7.6.1 hop-by-hop fields (plus the Proxy-* family, matched by prefix).
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+# Also not copied to the upstream: recomputed (Host, Content-Length), replaced by the caller
+# (Authorization), set by the gateway (forwarding fields), or already handled here (Expect).
+_NOT_FORWARDED = _HOP_BY_HOP | {
+    "host",
+    "content-length",
+    "authorization",
+    "expect",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+}
+_NOT_RETURNED = _HOP_BY_HOP | {"content-length"}
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+_BACKOFF_BASE_S = 0.005
+_BACKOFF_CAP_S = 0.05
+_RETRY_WINDOW_S = 10
+_DNS_TTL_S = 10
+# Headers aiohttp would invent; a proxy sends only what the client sent.
+_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_NOT_SHED = ("/healthz", "/readyz", "/metrics")
+
+
+class CircuitBreaker:
+    """Stops forwarding to an upstream after consecutive failures, then probes it one at a time.
+
+    A late answer to a request sent before the breaker opened changes nothing while it is open.
+    """
+
+    def __init__(
+        self, failure_threshold: int = 5, open_s: float = 5.0, monotonic: Monotonic = time.monotonic
+    ) -> None:
+        if failure_threshold < 1 or open_s <= 0:
+            raise ValueError("failure_threshold must be >= 1 and open_s > 0")
+        self._threshold, self._open_s, self._monotonic = failure_threshold, open_s, monotonic
+        self._failures = 0
+        self._open_until: float | None = None
+        self._probing = False
+
+    @property
+    def state(self) -> BreakerState:
+        if self._open_until is None:
+            return "closed"
+        return "open" if self._monotonic() < self._open_until else "half_open"
+
+    def allow(self) -> bool:
+        """Whether a request may go to the upstream now (half-open: only the one probe)."""
+        if self._open_until is None:
+            return True
+        if self._probing or self._monotonic() < self._open_until:
+            return False
+        self._probing = True
+        return True
+
+    def record(self, success: bool) -> None:
+        """The outcome of a request that ``allow`` let through."""
+        if self._open_until is None:
+            self._failures = 0 if success else self._failures + 1
+            if self._failures >= self._threshold:
+                self._trip()
+        elif self._monotonic() >= self._open_until:
+            if success:
+                self._open_until, self._failures, self._probing = None, 0, False
+            else:
+                self._trip()
+
+    def retry_after_s(self) -> int:
+        """Whole seconds until a probe may go through (at least 1), for ``Retry-After``."""
+        if self._open_until is None:
+            return 1
+        return max(1, math.ceil(self._open_until - self._monotonic()))
+
+    def _trip(self) -> None:
+        self._open_until = self._monotonic() + self._open_s
+        self._failures, self._probing = 0, False
+
+
+class RetryBudget:
+    """Retries allowed while they stay within ``ratio`` of requests over the last ~10 s, plus a
+    floor of ``min_per_s`` so a quiet gateway can still retry."""
+
+    def __init__(
+        self, ratio: float = 0.2, min_per_s: float = 10, monotonic: Monotonic = time.monotonic
+    ) -> None:
+        if ratio < 0 or min_per_s < 0:
+            raise ValueError("ratio and min_per_s must be >= 0")
+        self._ratio, self._floor, self._monotonic = ratio, min_per_s * _RETRY_WINDOW_S, monotonic
+        # One slot per second of the window, reused round-robin: no allocation per request.
+        self._seconds = [-1] * _RETRY_WINDOW_S
+        self._requests = [0] * _RETRY_WINDOW_S
+        self._retries = [0] * _RETRY_WINDOW_S
+
+    def record_request(self) -> None:
+        """Count a forwarded request (not its retries)."""
+        self._requests[self._slot()] += 1
+
+    def try_retry(self) -> bool:
+        """Take one retry from the budget; False when it is spent."""
+        slot = self._slot()
+        oldest = self._seconds[slot] - _RETRY_WINDOW_S
+        live = [i for i, second in enumerate(self._seconds) if second > oldest]
+        requests = sum(self._requests[i] for i in live)
+        retries = sum(self._retries[i] for i in live)
+        if retries + 1 > self._ratio * requests + self._floor:
+            return False
+        self._retries[slot] += 1
+        return True
+
+    def _slot(self) -> int:
+        second = int(self._monotonic())
+        slot = second % _RETRY_WINDOW_S
+        if self._seconds[slot] != second:
+            self._seconds[slot], self._requests[slot], self._retries[slot] = second, 0, 0
+        return slot
+
+
+class InFlightLimit:
+    """A cap on requests in progress; above it the gateway sheds at once instead of queueing."""
+
+    def __init__(self, maximum: int) -> None:
+        if maximum < 1:
+            raise ValueError("maximum must be >= 1")
+        self.maximum = maximum
+        self.in_flight = 0
+
+    def try_acquire(self) -> bool:
+        if self.in_flight >= self.maximum:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release(self) -> None:
+        self.in_flight -= 1
+
+
+class ProxyMetrics:
+    """The gateway's forwarding metrics; labels are upstream names and status codes only."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time of each attempt to an upstream, by status code (or error, timeout).",
+            ["upstream", "code"],
+            registry=registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.retries = Counter(
+            "gateway_upstream_retries_total",
+            "Attempts repeated after a failed one.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.breaker_state = Gauge(
+            "gateway_circuit_breaker_state",
+            "Circuit breaker per upstream: 0 closed, 1 half-open, 2 open.",
+            ["upstream"],
+            registry=registry,
+        )
+        self.shed = Counter(
+            "gateway_shed_total",
+            "Requests refused because too many were in flight.",
+            registry=registry,
+        )
+        # Labelled children cached: labels() locks and hashes on every call.
+        self._durations: dict[tuple[str, int | str], Histogram] = {}
+
+    def observe(self, upstream: str, code: int | str, seconds: float) -> None:
+        """One attempt's duration; ``code`` is the status, ``"error"`` or ``"timeout"``."""
+        child = self._durations.get((upstream, code))
+        if child is None:
+            child = self._durations[upstream, code] = self.upstream_duration.labels(
+                upstream, str(code)
+            )
+        child.observe(seconds)
+
+    def breaker(self, upstream: str, state: BreakerState) -> None:
+        self.breaker_state.labels(upstream).set(BREAKER_STATE_VALUES[state])
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A service behind the gateway: its base URL (no trailing slash), breaker and pool."""
+
+    name: str
+    base_url: str
+    breaker: CircuitBreaker
+    session: aiohttp.ClientSession
+
+
+class Upstreams:
+    """The gateway's upstreams by name, each with its own keep-alive pool."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
+        self._by_name = dict(upstreams)
+
+    @classmethod
+    def create(
+        cls,
+        urls: Mapping[str, str],
+        *,
+        breaker_threshold: int = 5,
+        breaker_open_s: float = 5.0,
+        connections_per_upstream: int = 100,
+        monotonic: Monotonic = time.monotonic,
+    ) -> Upstreams:
+        """A pool and breaker per upstream URL (http or https); call from a running loop."""
+        upstreams = {}
+        for name, url in urls.items():
+            breaker = CircuitBreaker(breaker_threshold, breaker_open_s, monotonic)
+            upstreams[name] = Upstream(
+                name, _base_url(name, url), breaker, _session(connections_per_upstream)
+            )
+        return cls(upstreams)
+
+    def __getitem__(self, name: str) -> Upstream:
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[Upstream]:
+        return iter(self._by_name.values())
+
+    async def close(self) -> None:
+        for upstream in self._by_name.values():
+            await upstream.session.close()
+
+
+def _base_url(name: str, url: str) -> str:
+    parsed = URL(url)
+    if parsed.scheme not in ("http", "https") or not parsed.host or parsed.raw_query_string:
+        raise ValueError(f"upstream {name}: expected http(s)://host:port[/prefix], got {url!r}")
+    return url.rstrip("/")
+
+
+def _session(connections: int) -> aiohttp.ClientSession:
+    # force_close=False keeps connections alive; aiohttp's client drops idle ones after 15 s,
+    # before an aiohttp service does (75 s), so a reused connection is rarely closed under us.
+    connector = aiohttp.TCPConnector(
+        limit=connections, limit_per_host=0, ttl_dns_cache=_DNS_TTL_S, force_close=False
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None),  # the forward's own deadline governs
+        auto_decompress=False,  # bodies pass through as the service encoded them
+        cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must never reach another
+        skip_auto_headers=_NO_AUTO_HEADERS,
+        trust_env=False,
+    )
+
+
+class Forwarder:
+    """Sends a request on to its upstream under a deadline, with safe retries and breakers."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        budget: RetryBudget,
+        metrics: ProxyMetrics,
+        *,
+        max_attempts: int = 3,
+    ) -> None:
+        self._upstreams, self._budget, self._metrics = upstreams, budget, metrics
+        self._max_attempts = max_attempts
+        for upstream in upstreams:
+            metrics.breaker(upstream.name, upstream.breaker.state)
+
+    async def forward(
+        self,
+        request: web.Request,
+        upstream: str,
+        *,
+        deadline_s: float,
+        retryable: bool,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> web.Response:
+        """The upstream's answer to ``request``, or a 502/503/504 ``Problem``.
+
+        ``headers`` (the internal Authorization, X-Request-Id, traceparent) override the
+        client's; ``KeyError`` for an upstream that was never created.
+        """
+        target = self._upstreams[upstream]
+        url = _upstream_url(target.base_url, request.rel_url)
+        outgoing = _request_headers(request, headers)
+        self._budget.record_request()
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await self._attempts(target, request.method, url, outgoing, body, retryable)
+        except TimeoutError:
+            raise Problem(
+                504, "Gateway Timeout", f"the {upstream} service did not answer in time"
+            ) from None
+
+    async def _attempts(
+        self,
+        target: Upstream,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes,
+        retryable: bool,
+    ) -> web.Response:
+        attempt = 1
+        while True:
+            self._admit(target)
+            response = await self._attempt(target, method, url, headers, body)
+            if response is not None and response.status not in RETRYABLE_STATUSES:
+                return response
+            if not retryable or attempt >= self._max_attempts or not self._budget.try_retry():
+                if response is None:
+                    raise Problem(502, "Bad Gateway", f"the {target.name} service is unreachable")
+                return response
+            self._metrics.retries.labels(target.name).inc()
+            await asyncio.sleep(_backoff_s(attempt))
+            attempt += 1
+
+    def _admit(self, target: Upstream) -> None:
+        if target.breaker.allow():
+            return
+        self._metrics.breaker(target.name, target.breaker.state)
+        raise Problem(
+            503,
+            "Service Unavailable",
+            f"the {target.name} service is failing; requests to it are paused",
+            headers={"Retry-After": str(target.breaker.retry_after_s())},
+        )
+
+    async def _attempt(
+        self, target: Upstream, method: str, url: URL, headers: CIMultiDict[str], body: bytes
+    ) -> web.Response | None:
+        """One try: the upstream's answer, or None when it could not be reached or broke off."""
+        started = time.perf_counter()
+        code: int | str = "timeout"
+        try:
+            async with target.session.request(
+                method, url, headers=headers, data=body or None, allow_redirects=False
+            ) as answer:
+                payload = await answer.read()
+            code = status = answer.status
+        except aiohttp.ClientError as error:
+            code = "error"
+            # The class and OS reason only: a message may quote the URL, and with it an id.
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            log.info("upstream attempt failed", extra={"upstream": target.name, "error": reason})
+            self._settle(target, success=False)
+            return None
+        except asyncio.CancelledError:
+            # The deadline (or shutdown) cut the attempt short: a failure, so a half-open
+            # breaker's probe is never left outstanding.
+            self._settle(target, success=False)
+            raise
+        finally:
+            self._metrics.observe(target.name, code, time.perf_counter() - started)
+        self._settle(target, success=status < 500 or status == 501)
+        return web.Response(
+            status=status,
+            reason=answer.reason,
+            body=payload,
+            headers=_response_headers(answer.headers, keep_length=method == "HEAD"),
+        )
+
+    def _settle(self, target: Upstream, *, success: bool) -> None:
+        before = target.breaker.state
+        target.breaker.record(success)
+        after = target.breaker.state
+        if after != before:
+            self._metrics.breaker(target.name, after)
+            log.warning("circuit breaker changed", extra={"upstream": target.name, "state": after})
+
+
+def shedding(
+    limit: InFlightLimit, metrics: ProxyMetrics, *, exempt: Collection[str] = _NOT_SHED
+) -> Middleware:
+    """Middleware: above ``limit`` requests in flight, answer 503 at once (health and metrics
+    paths exempt, so probes see a busy gateway as alive). Put it inside the error middleware."""
+
+    @web.middleware
+    async def shed(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in exempt:
+            return await handler(request)
+        if not limit.try_acquire():
+            metrics.shed.inc()
+            raise Problem(
+                503,
+                "Service Unavailable",
+                "the gateway is at capacity; try again shortly",
+                headers={"Retry-After": "1"},
+            )
+        try:
+            return await handler(request)
+        finally:
+            limit.release()
+
+    return shed
+
+
+def _upstream_url(base_url: str, target: URL) -> URL:
+    """The upstream's URL for the request's path and query exactly as the client encoded them."""
+    query = target.raw_query_string
+    path = target.raw_path
+    return URL(f"{base_url}{path}?{query}" if query else base_url + path, encoded=True)
+
+
+def _request_headers(request: web.Request, extra: Mapping[str, str]) -> CIMultiDict[str]:
+    headers = _end_to_end(request.headers, _NOT_FORWARDED)
+    if request.remote:
+        headers["X-Forwarded-For"] = request.remote
+    headers["X-Forwarded-Proto"] = request.scheme
+    headers.update(extra)
+    return headers
+
+
+def _response_headers(headers: CIMultiDictProxy[str], *, keep_length: bool) -> CIMultiDict[str]:
+    # A HEAD answer has no body: its Content-Length describes the GET's and passes through.
+    return _end_to_end(headers, _HOP_BY_HOP if keep_length else _NOT_RETURNED)
+
+
+def _end_to_end(headers: CIMultiDictProxy[str], drop: Collection[str]) -> CIMultiDict[str]:
+    """``headers`` without ``drop``, Proxy-* and whatever the Connection field names."""
+    listed = headers.get("Connection")
+    named = {token.strip().lower() for token in listed.split(",")} if listed else ()
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in drop or lower in named or lower.startswith("proxy-"):
+            continue
+        out.add(name, value)
+    return out
+
+
+def _backoff_s(attempt: int) -> float:
+    """Full jitter: spread retries so a blip does not come back as a synchronised wave."""
+    return random.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2**attempt))
