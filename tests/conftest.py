@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
+from services.gateway.app import SERVICE as GATEWAY
 from services.wallet.app import SERVICE as WALLET
 from shared import db
 from shared.city import Servers
@@ -81,6 +82,24 @@ async def wallet_service(config: PlatformConfig, namespace: str) -> Service:
     service = dataclasses.replace(WALLET, name=f"wallet_{namespace}")
     await migrate(service, config.database_url)
     return service
+
+
+@pytest.fixture
+async def gateway_service(config: PlatformConfig, namespace: str) -> Service:
+    """The gateway under this test's own schema, migrated."""
+    service = dataclasses.replace(GATEWAY, name=f"gateway_{namespace}")
+    await migrate(service, config.database_url)
+    return service
+
+
+@pytest.fixture
+async def gateway_pool(
+    gateway_service: Service, config: PlatformConfig
+) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the gateway's schema for this test."""
+    pool = await db.create_pool(config.database_url, gateway_service.schema, max_size=4)
+    yield pool
+    await pool.close()
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import itertools
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -18,15 +17,9 @@ from services.gateway.keyring import Keyring, NoSigningKey, RotationPolicy
 from shared import db
 from shared.auth import TokenVerifier, Unauthenticated, parse_jwks
 from shared.config import AuthConfig, PlatformConfig
-from shared.service import Service, migrate
-from tests.support import REPO
+from shared.service import Service
 
 POLICY = RotationPolicy(sign_for_s=3600, publish_ahead_s=600, token_ttl_s=300, leeway_s=30)
-GATEWAY = Service(
-    name="gateway",
-    add_routes=lambda app: None,
-    migrations=REPO / "services" / "gateway" / "migrations",
-)
 
 
 class ManualClock:
@@ -47,23 +40,8 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture
-async def gateway_db(config: PlatformConfig, namespace: str) -> str:
-    """The gateway's schema for this test, migrated."""
-    service = dataclasses.replace(GATEWAY, name=f"gateway_{namespace}")
-    await migrate(service, config.database_url)
-    return service.schema
-
-
 async def open_pool(config: PlatformConfig, schema: str) -> asyncpg.Pool:
     return await db.create_pool(config.database_url, schema, max_size=4)
-
-
-@pytest.fixture
-async def gateway_pool(config: PlatformConfig, gateway_db: str) -> AsyncIterator[asyncpg.Pool]:
-    pool = await open_pool(config, gateway_db)
-    yield pool
-    await pool.close()
 
 
 @pytest.fixture
@@ -196,9 +174,9 @@ async def test_es256_keys_when_the_policy_asks_for_them(
 
 
 async def test_replicas_refreshing_together_agree_on_one_key_at_each_instant(
-    config: PlatformConfig, gateway_db: str, clock: ManualClock
+    config: PlatformConfig, gateway_service: Service, clock: ManualClock
 ) -> None:
-    pools = [await open_pool(config, gateway_db) for _ in range(3)]
+    pools = [await open_pool(config, gateway_service.schema) for _ in range(3)]
     try:
         replicas = [Keyring(pool, clock, POLICY) for pool in pools]
         for _ in range(6):
