@@ -4,5 +4,6 @@
 """
 
 REGISTRY: dict[str, str] = {
+    "gateway": "services.gateway.app:SERVICE",
     "wallet": "services.wallet.app:SERVICE",
 }

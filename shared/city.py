@@ -2,8 +2,10 @@
 
 Starts embedded Valkey and PostgreSQL when no ``REDIS_URL`` / ``DATABASE_URL`` is given, applies
 every service's migrations, starts each service as its own OS process (``cardless serve``), waits
-until each answers ``/readyz``, prints where everything is, and on Ctrl-C or SIGTERM stops the
-services first (they drain requests and acknowledge what they applied), then the servers.
+until each answers ``/readyz``, then starts the gateway in front of them (told where they are,
+with the demo city's clients from ``demo``), prints where everything is, and on Ctrl-C or
+SIGTERM stops the processes first (they drain requests and acknowledge what they applied), then
+the servers.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import signal
 import socket
 import subprocess
@@ -23,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from services.gateway import demo
 from shared import service as services
 from shared.config import Env
 from shared.embedded import EmbeddedServers
 
 READY_TIMEOUT_S = 60.0
+GATEWAY = "gateway"
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
@@ -71,16 +76,55 @@ def up(
         print(f"postgres: {urls.database_url}", flush=True)
         asyncio.run(_migrate_all(chosen, urls.database_url))
         procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        gateway_port = Env(environ).integer("GATEWAY_PORT", 8080)
+        env = _city_env(environ, urls, data_dir, gateway_port)
         try:
+            # The services first, then the gateway in front of them, told where they are.
             for name, service in zip(names, chosen, strict=True):
-                procs[service.name] = _spawn(name, service.name, urls, environ)
-            for name, (proc, url) in procs.items():
-                _wait_ready(name, proc, url, stop)
-                print(f"{name}: {url}", flush=True)
-            print(f"ready: {len(procs)} service(s); Ctrl-C to stop", flush=True)
+                if service.name != GATEWAY:
+                    procs[service.name] = _spawn(name, free_port(), env)
+            _wait_all_ready(procs, stop)
+            if GATEWAY in names:
+                upstreams = {name: url for name, (_, url) in procs.items()}
+                # Upstreams given in the environment (a service run elsewhere) come on top.
+                upstreams.update(_given_upstreams(environ))
+                gateway_env = {**env, "GATEWAY_UPSTREAMS": json.dumps(upstreams)}
+                procs[GATEWAY] = _spawn(GATEWAY, gateway_port, gateway_env)
+                _wait_all_ready({GATEWAY: procs[GATEWAY]}, stop)
+            print(f"ready: {len(procs)} process(es); Ctrl-C to stop", flush=True)
             return _supervise(procs, stop)
         finally:
             _terminate(procs)
+
+
+def _city_env(
+    environ: Mapping[str, str], urls: Servers, data_dir: Path, gateway_port: int
+) -> dict[str, str]:
+    """What every process of the city is told: the servers, and how tokens are checked."""
+    env = {**environ, "REDIS_URL": urls.redis_url, "DATABASE_URL": urls.database_url}
+    if not environ.get("AUTH_JWKS") and not environ.get("AUTH_JWKS_URL"):
+        env["AUTH_JWKS_URL"] = f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json"
+    if not environ.get("GATEWAY_CLIENTS"):
+        env["GATEWAY_CLIENTS"] = f"@{demo.registry(data_dir).resolve()}"
+    return env
+
+
+def _given_upstreams(environ: Mapping[str, str]) -> dict[str, str]:
+    try:
+        given = json.loads(environ.get("GATEWAY_UPSTREAMS") or "{}")
+    except ValueError:
+        given = None
+    if not isinstance(given, dict):
+        raise StartError('GATEWAY_UPSTREAMS: expected JSON like {"wallet": "http://host:port"}')
+    return given
+
+
+def _wait_all_ready(
+    procs: Mapping[str, tuple[subprocess.Popen[bytes], str]], stop: threading.Event
+) -> None:
+    for name, (proc, url) in procs.items():
+        _wait_ready(name, proc, url, stop)
+        print(f"{name}: {url}", flush=True)
 
 
 async def _migrate_all(chosen: list[services.Service], database_url: str) -> None:
@@ -88,22 +132,12 @@ async def _migrate_all(chosen: list[services.Service], database_url: str) -> Non
         await services.migrate(service, database_url)
 
 
-def _spawn(
-    selector: str, name: str, urls: Servers, environ: Mapping[str, str]
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = _free_port() if name != "gateway" else Env(environ).integer("GATEWAY_PORT", 8080)
-    env = {
-        **environ,
-        "REDIS_URL": urls.redis_url,
-        "DATABASE_URL": urls.database_url,
-        "PORT": str(port),
-        "HOST": "127.0.0.1",
-    }
+def _spawn(selector: str, port: int, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     # Own session: a terminal's Ctrl-C reaches only us, and we stop services in order. If we
     # die without a chance to stop them, the kernel sends them SIGTERM (Linux).
     proc = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "serve", selector],
-        env=env,
+        env={**env, "PORT": str(port), "HOST": "127.0.0.1"},
         start_new_session=True,
         preexec_fn=_terminate_with_parent,
     )
@@ -116,7 +150,7 @@ def _terminate_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

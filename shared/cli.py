@@ -1,4 +1,4 @@
-"""The ``cardless`` command: up, serve, migrate, bench."""
+"""The ``cardless`` command: up, serve, migrate, token, bench."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import asyncpg
 from redis.exceptions import RedisError
 
+from services.gateway import demo
 from shared import city, logs
 from shared import service as services
 from shared.config import ConfigError, Env, PlatformConfig
@@ -26,6 +27,7 @@ _EXPECTED = (
     EmbeddedError,
     MigrationError,
     city.StartError,
+    demo.DemoError,
     LookupError,
     OSError,
     asyncpg.PostgresError,
@@ -79,6 +81,13 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> int:
+    data_dir = Path(args.data_dir or city.default_data_dir(os.environ))
+    gateway = args.gateway or f"http://127.0.0.1:{Env(os.environ).integer('GATEWAY_PORT', 8080)}"
+    print(demo.access_token(data_dir, args.client, gateway, args.scope), flush=True)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     logs.configure("bench", "warning")
     module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")
@@ -108,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", help="apply migrations only")
     migrate.add_argument("service", nargs="?", help="one service (default: all)")
     migrate.set_defaults(run=_migrate)
+
+    token = commands.add_parser("token", help="an access token for a demo client (after `up`)")
+    token.add_argument("client", help="a demo client: city-finance, sandbox-pay, ...")
+    token.add_argument("--scope", help="ask for fewer scopes than the client holds")
+    token.add_argument("--gateway", help="the gateway's URL (default http://127.0.0.1:8080)")
+    token.add_argument("--data-dir", help="where `up` keeps the demo keys (default ./.cardless)")
+    token.set_defaults(run=_token)
 
     bench = commands.add_parser("bench", help="run a benchmark; ends with one JSON line")
     bench.add_argument("name", help="e.g. bus")

@@ -33,6 +33,9 @@ MALFORMED_JSON = PROBLEMS + "malformed-json"
 INVALID_BODY = PROBLEMS + "invalid-body"
 
 METRICS = web.AppKey("metrics", Metrics)
+# Whether to write one JSON access-log line a request (the gateway does; services need not).
+ACCESS_LOG = web.AppKey("access_log", bool)
+access_log = logging.getLogger("cardless.access")
 READINESS = web.AppKey("readiness", dict[str, ReadinessCheck])
 
 
@@ -126,7 +129,8 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time every request by route template (never the raw path: ids would explode labels)."""
+    """Time every request by route template (never the raw path: ids would explode labels),
+    and write its access-log line where the app asks for one."""
     started = time.perf_counter()
     status = 500
     try:
@@ -137,9 +141,27 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = exc.status
         raise
     finally:
-        request.app[METRICS].request_duration.labels(
-            _route(request), request.method, str(status)
-        ).observe(time.perf_counter() - started)
+        elapsed, route = time.perf_counter() - started, _route(request)
+        request.app[METRICS].request_duration.labels(route, request.method, str(status)).observe(
+            elapsed
+        )
+        if request.app.get(ACCESS_LOG):
+            _log_access(request, route, status, elapsed)
+
+
+def _log_access(request: web.Request, route: str, status: int, elapsed: float) -> None:
+    # The route template, never the raw path or query (they can carry ids); no headers.
+    access_log.info(
+        "request",
+        extra={
+            "method": request.method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 3),
+            "client_id": request.get("client_id"),
+            "bytes_in": request.content_length or 0,
+        },
+    )
 
 
 def _route(request: web.Request) -> str:

@@ -23,8 +23,8 @@ class Metrics:
         r = self.registry
         self.request_duration = Histogram(
             f"{self.service}_request_duration_seconds",
-            "HTTP request latency by route, method and status.",
-            ["route", "method", "status"],
+            "HTTP request latency by route, method and status code.",
+            ["route", "method", "code"],
             registry=r,
             buckets=_LATENCY_BUCKETS,
         )

@@ -1,0 +1,123 @@
+"""The demo city's clients, so a newcomer can make a first request after ``cardless up``.
+
+Each demo client gets an Ed25519 key in the data directory (``clients/<id>.pem``, readable by
+its owner only) and a row in ``clients/clients.json``, the registry the gateway reads
+(``GATEWAY_CLIENTS=@...``). ``cardless token <client>`` signs a ``private_key_jwt`` assertion
+with that key and trades it for an access token at the gateway, as a real client would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    load_pem_private_key,
+)
+
+from shared.ids import new_id
+
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# Who the demo city lets in, and with what: one of each kind of client.
+DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "city-finance": ("operator", ("wallet:finance",)),
+    "sandbox-pay": ("provider", ("wallet:settlement",)),
+    "city-agency": ("agency", ("identity:verify",)),
+    "station-0001": ("gate", ("transit:taps",)),
+}
+
+
+class DemoError(Exception):
+    """The demo client cannot get a token; one line saying why."""
+
+
+def registry(data_dir: Path) -> Path:
+    """The demo clients' registry under ``data_dir``, created with their keys on first use."""
+    folder = data_dir / "clients"
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = [client_entry(folder, client_id, *spec) for client_id, spec in DEMO_CLIENTS.items()]
+    path = folder / "clients.json"
+    path.write_text(json.dumps({"clients": entries}, indent=2))
+    return path
+
+
+def client_entry(
+    folder: Path, client_id: str, kind: str, scopes: tuple[str, ...]
+) -> dict[str, Any]:
+    """A registry row for a client whose key is kept in ``folder`` (made on first use)."""
+    key = _key(folder / f"{client_id}.pem")
+    public = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+    public.update(kid=f"{client_id}-1", alg="EdDSA", use="sig")
+    return {
+        "client_id": client_id,
+        "kind": kind,
+        "scopes": list(scopes),
+        "jwks": {"keys": [public]},
+    }
+
+
+def _key(path: Path) -> Ed25519PrivateKey:
+    if path.exists():
+        key = load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise DemoError(f"{path} is not an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as file:
+        file.write(pem)
+    return key
+
+
+def client_assertion(data_dir: Path, client_id: str, token_url: str) -> str:
+    """A short ``private_key_jwt`` assertion (RFC 7523 §2.2) signed with the client's key."""
+    path = data_dir / "clients" / f"{client_id}.pem"
+    if not path.exists():
+        known = ", ".join(DEMO_CLIENTS)
+        raise DemoError(f"no key for client {client_id!r} in {path.parent} (demo clients: {known})")
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": token_url,
+        "iat": now,
+        "exp": now + 60,
+        "jti": str(new_id()),
+    }
+    return jwt.encode(claims, _key(path), algorithm="EdDSA", headers={"kid": f"{client_id}-1"})
+
+
+def access_token(data_dir: Path, client_id: str, gateway_url: str, scope: str | None) -> str:
+    """An access token for a demo client, from the gateway's token endpoint."""
+    token_url = f"{gateway_url.rstrip('/')}/oauth/token"
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": CLIENT_ASSERTION_TYPE,
+        "client_assertion": client_assertion(data_dir, client_id, token_url),
+    }
+    if scope:
+        form["scope"] = scope
+    request = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
+        token_url, data=urllib.parse.urlencode(form).encode(), method="POST"
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            answer = json.load(response)
+    except urllib.error.HTTPError as error:
+        raise DemoError(f"the gateway refused: {error.read().decode(errors='replace')}") from None
+    except OSError as error:
+        raise DemoError(f"cannot reach the gateway at {token_url}: {error}") from None
+    token: str = answer["access_token"]
+    return token
