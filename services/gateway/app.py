@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -71,6 +71,7 @@ class Parts:
     """Everything a request passes through, built once when the gateway starts."""
 
     keyring: Keyring
+    own_keys: StaticKeys  # what the gatekeeper checks our own tokens against
     tokens: TokenEndpoint
     gatekeeper: Gatekeeper
     limiter: RateLimiter
@@ -78,13 +79,25 @@ class Parts:
     catalog: openapi.Catalog
     limit_decisions: Counter
 
+    async def rotate(self) -> None:
+        """Bring the signing keys up to date (new ones ahead, old ones retired)."""
+        await self.keyring.refresh()
+        self.own_keys.replace(self.keyring.verification_keys())
+
 
 PARTS = web.AppKey("gateway_parts", Parts)
 PROXY_METRICS = web.AppKey("gateway_proxy_metrics", ProxyMetrics)
 
 
-def add_routes(app: web.Application) -> None:
-    settings = GatewayConfig.from_env(os.environ, port=app[CONFIG].port)
+def add_routes(
+    app: web.Application,
+    *,
+    routes: Sequence[Route] = ROUTES,
+    settings: GatewayConfig | None = None,
+) -> None:
+    """The gateway's own endpoints, and every row of ``routes`` whose upstream is configured
+    (``settings`` from the environment unless given)."""
+    settings = settings or GatewayConfig.from_env(os.environ, port=app[CONFIG].port)
     app[SETTINGS] = settings
     app[PROXY_METRICS] = ProxyMetrics(app[http.METRICS].registry)
     app.middlewares.append(shedding(InFlightLimit(settings.max_in_flight), app[PROXY_METRICS]))
@@ -96,7 +109,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/docs", _docs)
     app.router.add_route("OPTIONS", "/{path:.*}", _preflight)
-    for route in ROUTES:
+    for route in routes:
         if route.upstream in settings.upstreams:
             app.router.add_route(route.method, route.path, _forwarding(route))
 
@@ -146,8 +159,9 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
             breaker_open_s=settings.breaker_open_s,
             connections_per_upstream=settings.connections_per_upstream,
         )
-        app[PARTS] = Parts(
+        app[PARTS] = parts = Parts(
             keyring=keyring,
+            own_keys=own_keys,
             tokens=tokens,
             gatekeeper=Gatekeeper(
                 verifiers,
@@ -172,14 +186,10 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
             limit_decisions=limit_decisions,
         )
 
-        async def rotate() -> None:
-            await keyring.refresh()
-            own_keys.replace(keyring.verification_keys())
-
         stopping = asyncio.Event()
         retry_on = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
         task = asyncio.create_task(
-            every(KEYRING_REFRESH_S, rotate, stopping, retry_on=retry_on, what="key rotation")
+            every(KEYRING_REFRESH_S, parts.rotate, stopping, retry_on=retry_on, what="key rotation")
         )
         try:
             yield
