@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import uvloop
 from aiohttp import web
 
 BODY = b'{"currency": "CNY", "available": 0, "held": 0}'
@@ -17,7 +18,8 @@ async def answer(_: web.Request) -> web.Response:
 def main(port: int) -> None:
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", answer)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+    loop = uvloop.new_event_loop()  # as every service runs (shared/service.py)
+    web.run_app(app, loop=loop, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
 if __name__ == "__main__":
