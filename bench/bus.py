@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import asyncpg
 import redis.asyncio as aioredis
+import uvloop
 
 from bench.servers import bench_servers, progress
 from shared import db
@@ -60,7 +61,7 @@ def main(options: list[str]) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=256)
     args = parser.parse_args(options)
     with bench_servers() as urls:
-        return asyncio.run(_run(urls.redis_url, urls.database_url, args))
+        return uvloop.run(_run(urls.redis_url, urls.database_url, args))
 
 
 async def _run(redis_url: str, database_url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -189,7 +190,7 @@ async def _wait_for_group(redis: aioredis.Redis, config: BusConfig) -> None:
 
 def _consume(redis_url: str, database_url: str, schema: str, config: BusConfig, count: int) -> None:
     """The consuming service, in its own process: applies ``count`` events, then returns."""
-    asyncio.run(_consume_async(redis_url, database_url, schema, config, count))
+    uvloop.run(_consume_async(redis_url, database_url, schema, config, count))
 
 
 async def _consume_async(

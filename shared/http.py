@@ -26,6 +26,7 @@ PROBLEM_JSON = "application/problem+json"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ReadinessCheck = Callable[[], Awaitable[str | None]]
 B = TypeVar("B")
+MAX_HEADER_FIELD_BYTES = 32 * 1024
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 PROBLEMS = "https://cardless.dev/problems/"
@@ -36,6 +37,8 @@ METRICS = web.AppKey("metrics", Metrics)
 # Whether to write one JSON access-log line a request (the gateway does; services need not).
 ACCESS_LOG = web.AppKey("access_log", bool)
 access_log = logging.getLogger("cardless.access")
+# Who the request was for, once authenticated: the access log names the client, never a token.
+CLIENT_ID = web.RequestKey("client_id", str)
 READINESS = web.AppKey("readiness", dict[str, ReadinessCheck])
 
 
@@ -158,7 +161,7 @@ def _log_access(request: web.Request, route: str, status: int, elapsed: float) -
             "route": route,
             "status": status,
             "duration_ms": round(elapsed * 1000, 3),
-            "client_id": request.get("client_id"),
+            "client_id": request.get(CLIENT_ID),
             "bytes_in": request.content_length or 0,
         },
     )
@@ -203,6 +206,9 @@ def base_app(
     """An application with the shared middlewares and the health and metrics routes."""
     app = web.Application(
         client_max_size=max_body_bytes,
+        # Past aiohttp's 8 KiB, so that an oversized token reaches the token check and gets a
+        # 401 problem saying so, rather than a bare 400 from the parser.
+        handler_args={"max_field_size": MAX_HEADER_FIELD_BYTES},
         middlewares=[request_context, observe, error_middleware(error_map)],
     )
     app[METRICS] = metrics_

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import jwt
@@ -65,8 +65,11 @@ class Gatekeeper:
         leeway_s: int,
         public_url: str,
         clock: Clock,
+        trusted_scopes: Mapping[str, frozenset[str]] | None = None,
     ) -> None:
+        """``trusted_scopes``: per external issuer, the most its tokens may grant."""
         self._verifiers, self._sign, self._check_dpop = verifiers, sign, check_dpop
+        self._trusted_scopes = dict(trusted_scopes or {})
         self._issuer, self._internal_audience = issuer, internal_audience
         self._internal_ttl_s, self._leeway_s = internal_ttl_s, leeway_s
         self._public_url, self._clock = public_url, clock
@@ -103,11 +106,17 @@ class Gatekeeper:
         return known
 
     async def _verify(self, token: str, now: float) -> Admitted:
-        verifier = self._verifiers.get(_issuer_of(token))
+        issuer = _issuer_of(token)
+        verifier = self._verifiers.get(issuer)
         if verifier is None:
             raise Unauthenticated("unknown issuer")
         claims = await verifier.claims(token)
         principal = principal_from(claims)
+        trusted = self._trusted_scopes.get(issuer)
+        if trusted is not None:
+            # An identity provider vouches for who the caller is; what the caller may do here
+            # is the city's to decide: never more than the scopes configured for that issuer.
+            principal = replace(principal, scopes=principal.scopes & trusted)
         expires_at = float(claims["exp"])
         internal_expires_at = min(expires_at, now + self._internal_ttl_s)
         internal = self._sign(

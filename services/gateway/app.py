@@ -43,7 +43,7 @@ from services.gateway.tokens import TokenEndpoint, TokenKeys, TokenSettings
 from shared import context, http
 from shared.auth import RemoteJwks, StaticKeys, TokenVerifier
 from shared.clock import Clock, every
-from shared.config import AuthConfig
+from shared.config import AuthConfig, ConfigError
 from shared.keys import Keys
 from shared.service import CLOCK, CONFIG, POOL, REDIS, Service
 
@@ -98,6 +98,8 @@ def add_routes(
     """The gateway's own endpoints, and every row of ``routes`` whose upstream is configured
     (``settings`` from the environment unless given)."""
     settings = settings or GatewayConfig.from_env(os.environ, port=app[CONFIG].port)
+    if any(external.issuer == app[CONFIG].auth.issuer for external in settings.issuers):
+        raise ConfigError("GATEWAY_ISSUERS: an external issuer may not take the gateway's name")
     app[SETTINGS] = settings
     app[PROXY_METRICS] = ProxyMetrics(app[http.METRICS].registry)
     app.middlewares.append(shedding(InFlightLimit(settings.max_in_flight), app[PROXY_METRICS]))
@@ -108,10 +110,15 @@ def add_routes(
     app.router.add_get("/.well-known/jwks.json", _jwks)
     app.router.add_get("/openapi.json", _openapi)
     app.router.add_get("/docs", _docs)
-    app.router.add_route("OPTIONS", "/{path:.*}", _preflight)
+    # Preflights on the paths we serve only: a catch-all OPTIONS route would turn every
+    # unknown path into a 405 instead of a 404.
+    paths = {"/oauth/token", "/.well-known/jwks.json", "/openapi.json", "/docs"}
     for route in routes:
         if route.upstream in settings.upstreams:
             app.router.add_route(route.method, route.path, _forwarding(route))
+            paths.add(route.path)
+    for path in sorted(paths):
+        app.router.add_route("OPTIONS", path, _preflight)
 
 
 async def _parts(app: web.Application) -> AsyncIterator[None]:
@@ -152,7 +159,7 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
         retry=Retry(NoBackoff(), 1),
     )
     async with aiohttp.ClientSession() as session, contextlib.aclosing(limiter_redis):
-        verifiers = _verifiers(settings, config.auth, own_keys, session, clock)
+        verifiers, fetchers = _verifiers(settings, config.auth, own_keys, session, clock)
         upstreams = Upstreams.create(
             settings.upstreams,
             breaker_threshold=settings.breaker_failures,
@@ -173,6 +180,7 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
                 leeway_s=config.auth.leeway_s,
                 public_url=settings.public_url,
                 clock=clock,
+                trusted_scopes={external.issuer: external.scopes for external in settings.issuers},
             ),
             limiter=RateLimiter(limiter_redis, Keys(config.bus.namespace)),
             forwarder=Forwarder(
@@ -197,6 +205,8 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
             stopping.set()
             await task
             await upstreams.close()
+            for fetcher in fetchers:
+                await fetcher.aclose()
 
 
 def _verifiers(
@@ -205,14 +215,16 @@ def _verifiers(
     own_keys: StaticKeys,
     session: aiohttp.ClientSession,
     clock: Clock,
-) -> dict[str, TokenVerifier]:
-    own = replace(auth, audience=settings.audience, jwks=())
+) -> tuple[dict[str, TokenVerifier], list[RemoteJwks]]:
+    """A verifier per trusted issuer: ours on our own keys, each external one on its JWKS."""
+    own = replace(auth, audience=settings.audience, jwks=(), jwks_url=None)
     verifiers = {auth.issuer: TokenVerifier(own, clock, own_keys)}
+    fetchers = []
     for external in settings.issuers:
-        config = replace(auth, issuer=external.issuer, audience=external.audience, jwks=())
-        keys = RemoteJwks(external.jwks_url, session=session)
-        verifiers[external.issuer] = TokenVerifier(config, clock, keys)
-    return verifiers
+        config = replace(own, issuer=external.issuer, audience=external.audience)
+        fetchers.append(RemoteJwks(external.jwks_url, session=session))
+        verifiers[external.issuer] = TokenVerifier(config, clock, fetchers[-1])
+    return verifiers, fetchers
 
 
 def _forwarding(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -230,7 +242,8 @@ async def _pass(request: web.Request, route: Route, parts: Parts) -> web.StreamR
     admitted: Admitted | None = None
     if not route.public:
         admitted = await parts.gatekeeper.admit(request, route)
-        request["client_id"] = admitted.principal.client_id
+        if admitted.principal.client_id:
+            request[http.CLIENT_ID] = admitted.principal.client_id
     client = admitted.principal.subject if admitted else f"ip:{request.remote}"
     limit_headers = await _rate_limit(request, parts, client, route.rate_class)
     forwarded = {

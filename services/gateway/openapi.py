@@ -35,6 +35,10 @@ UNAVAILABLE = "x-cardless-unavailable"  # info: services left out, and why
 STALE = "x-cardless-stale"  # info: services shown from their last good document, and why
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 OPENAPI_PATH, DOCS_PATH, TOKEN_PATH = "/openapi.json", "/docs", "/oauth/token"
+# The gateway's own answers on a forwarded route: body too large, rate limited, the service
+# failing, unavailable (breaker open, shedding, limiter down) or past the route's deadline.
+GATEWAY_PROBLEM = "GatewayProblem"
+GATEWAY_ANSWERS = ("413", "429", "502", "503", "504")
 
 
 class MergeError(ValueError):
@@ -111,6 +115,9 @@ def _add_paths(merged: Document, name: str, doc: Document, seen: _Seen) -> None:
             raise MergeError(f"{name}: path {path} is already defined as {other}")
         seen.paths[_template(path)] = path
         merged["paths"][path] = item
+        for method in METHODS:
+            if isinstance(op := _dict(item).get(method), dict):
+                _add_gateway_answers(merged, op)
     for hook, item in _dict(doc.get("webhooks")).items():
         if hook in merged.setdefault("webhooks", {}):
             raise MergeError(f"{name}: webhook {hook} is already defined")
@@ -123,6 +130,17 @@ def _add_paths(merged: Document, name: str, doc: Document, seen: _Seen) -> None:
             if op_id in seen.operation_ids:
                 raise MergeError(f"{name}: operationId {op_id} is already defined")
             seen.operation_ids.add(op_id)
+
+
+def _add_gateway_answers(merged: Document, op: dict[str, Any]) -> None:
+    """What the gateway itself may answer before or instead of the service (rate limit, body
+    limit, the service down or late), on every operation it forwards, unless the service says."""
+    if GATEWAY_PROBLEM not in _dict(merged["components"].get("responses")):
+        return
+    responses = op.setdefault("responses", {})
+    if isinstance(responses, dict):
+        for status in GATEWAY_ANSWERS:
+            responses.setdefault(status, {"$ref": f"#/components/responses/{GATEWAY_PROBLEM}"})
 
 
 def _add_tags(merged: Document, name: str, doc: Document) -> None:
@@ -418,6 +436,11 @@ def _json_answer(description: str, ref: str) -> dict[str, Any]:
 
 
 _OAUTH_ERROR = _json_answer("RFC 6749 §5.2 error", "#/components/schemas/OAuthError")
+_GATEWAY_ANSWER = {"$ref": f"#/components/responses/{GATEWAY_PROBLEM}"}
+_GATEWAY_HEADERS = {name: {"schema": {"type": "string"}, "description": what} for name, what in (
+    ("Retry-After", "seconds to wait (429, 503)"),
+    ("RateLimit", "draft-ietf-httpapi-ratelimit-headers: what is left (429)"),
+    ("RateLimit-Policy", "the limit of this route's class (429)"))}  # fmt: skip
 _ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _PUBLIC = {"tags": ["gateway"], "security": []}
 
@@ -445,7 +468,8 @@ GATEWAY_DOCUMENT: dict[str, Any] = {
                 "schema": {"$ref": "#/components/schemas/TokenRequest"}}}},
             "responses": {
                 "200": _json_answer("the token", "#/components/schemas/TokenResponse"),
-                "400": _OAUTH_ERROR, "401": _OAUTH_ERROR},
+                "400": _OAUTH_ERROR, "401": _OAUTH_ERROR,
+                "429": _GATEWAY_ANSWER, "503": _GATEWAY_ANSWER},
         }},
         "/.well-known/jwks.json": {"get": {**_PUBLIC,
             "summary": "The public keys that sign access tokens (RFC 7517), by `kid`",
@@ -470,7 +494,23 @@ GATEWAY_DOCUMENT: dict[str, Any] = {
                 "Riders' tokens are bound to the phone's key and are sent as "
                 "`Authorization: DPoP <token>` with a `DPoP` proof header (RFC 9449).")},
         },
+        "responses": {GATEWAY_PROBLEM: {
+            "description": (
+                "RFC 9457 problem details from the gateway itself: 413 a body over the route's "
+                "limit; 429 a rate limit reached (`Retry-After`, `RateLimit` and "
+                "`RateLimit-Policy` say when to come back); 502, 503 or 504 when the service "
+                "failed, is unavailable or did not answer in time (`Retry-After` when known)."),
+            "headers": _GATEWAY_HEADERS,
+            "content": {"application/problem+json": {
+                "schema": {"$ref": "#/components/schemas/GatewayProblemDetails"}}}}},
         "schemas": {
+            "GatewayProblemDetails": {"type": "object", "required": ["type", "title", "status"],
+                "properties": {
+                    "type": {"type": "string"}, "title": {"type": "string"},
+                    "status": {"type": "integer"}, "detail": {"type": "string"},
+                    "instance": {"type": "string"},
+                    "violated-policies": {"type": "array", "items": {"type": "string"},
+                                          "description": "the rate-limit classes reached (429)"}}},
             "TokenRequest": {"type": "object", "required": ["grant_type"], "properties": {
                 "grant_type": {"enum": ["client_credentials",
                                         "urn:ietf:params:oauth:grant-type:jwt-bearer"]},

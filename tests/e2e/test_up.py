@@ -1,4 +1,5 @@
-"""`cardless up` as a newcomer runs it: real processes, embedded servers, Ctrl-C, and again."""
+"""`cardless up` as a newcomer runs it: real processes, embedded servers, the gateway in front
+of the wallet and the README's first request through it, Ctrl-C, and again."""
 
 from __future__ import annotations
 
@@ -7,21 +8,28 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 
-from tests.support import REPO, eventually
+from services.wallet.config import WalletConfig
+from services.wallet.finance import SETTLE_AFTER
+from services.wallet.settlement import BusinessDay
+from tests.support import REPO, eventually, free_port
 
 START_TIMEOUT_S = 120
+NOTES = "tests.platform_app:SERVICE"
+# The whole city of the README: the gateway in front of the wallet (and the platform's notes).
+CITY = (NOTES, "wallet", "gateway")
 
 
 class City:
     """One `cardless up` process and the URLs it printed (read from a file: its servers
     inherit its stdout, so a pipe would outlive it)."""
 
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = data_dir
+    def __init__(self, data_dir: Path, services: tuple[str, ...] = (NOTES,)) -> None:
+        self.data_dir, self.services = data_dir, services
         self.out = data_dir.with_suffix(".out")
         self.urls: dict[str, str] = {}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -30,7 +38,7 @@ class City:
         with self.out.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "shared.cli", "up", "--data-dir", str(self.data_dir)],
-                env=city_env(),
+                env=city_env(self.services),
                 cwd=REPO,
                 stdout=out,
             )
@@ -61,27 +69,57 @@ class City:
             await self.interrupt()
 
 
-def city_env() -> dict[str, str]:
+def city_env(services: tuple[str, ...] = (NOTES,)) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
-    env.update(CARDLESS_SERVICES="tests.platform_app:SERVICE", PYTHONPATH=str(REPO))
+    # A free port for the gateway: 8080 may be taken on the machine running the tests.
+    env.update(
+        CARDLESS_SERVICES=",".join(services),
+        GATEWAY_PORT=str(free_port()),
+        PYTHONPATH=str(REPO),
+    )
     return env
 
 
+async def cardless_token(client: str, gateway: str, data_dir: Path) -> str:
+    """What `cardless token <client> --gateway <url> --data-dir <dir>` prints."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "shared.cli", "token", client),
+        *("--gateway", gateway, "--data-dir", str(data_dir)),
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    return out.decode().strip()
+
+
+def last_final_day() -> date:
+    """The README's "yesterday": the last business day whose statement is final, whatever the
+    hour of the run (the wallet's day starts at its cut-off, in its zone)."""
+    wallet = WalletConfig()
+    settled = datetime.now(UTC) - SETTLE_AFTER
+    current = BusinessDay.of(settled, wallet.business_tz, wallet.business_cutoff)
+    return current.date - timedelta(days=1)
+
+
 async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
-    async with City(tmp_path / "city") as city, aiohttp.ClientSession() as http:
+    async with City(tmp_path / "city", CITY) as city, aiohttp.ClientSession() as http:
         assert city.urls["redis"].startswith("redis://127.0.0.1:")
         services = {
             name: url
             for name, url in city.urls.items()
             if name not in ("redis", "postgres", "ready")
         }
-        assert set(services) == {"notes"}
+        assert set(services) == {"notes", "wallet", "gateway"}
         for url in services.values():
             async with http.get(f"{url}/readyz") as response:
                 assert response.status == 200
         async with http.post(f"{services['notes']}/notes", json={"key": "kept"}) as response:
             assert response.status == 201
             note_id = (await response.json())["id"]
+        await the_readmes_first_request_works(http, services["gateway"], tmp_path / "city")
         assert await city.interrupt() == 0
 
     async with City(tmp_path / "city") as again, aiohttp.ClientSession() as http:
@@ -89,6 +127,29 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
             assert response.status == 200
             assert (await response.json())["key"] == "kept"
         assert await again.interrupt() == 0
+
+
+async def the_readmes_first_request_works(
+    http: aiohttp.ClientSession, gateway: str, data_dir: Path
+) -> None:
+    """A demo client's token from `cardless token`, then yesterday's statement through the
+    gateway with it; and the gateway's own pages."""
+    token = await cardless_token("city-finance", gateway, data_dir)
+    yesterday = last_final_day()
+    statement = f"{gateway}/v1/wallet/operators/metro/statements/{yesterday}.json"
+    async with http.get(statement, headers={"Authorization": f"Bearer {token}"}) as response:
+        assert response.status == 200, await response.text()
+        assert response.content_type == "application/json"
+        body = await response.json()
+    assert body["owner"] == "operator:metro"
+    assert body["business_day"] == yesterday.isoformat()
+    for page in ("/readyz", "/docs"):
+        async with http.get(f"{gateway}{page}") as response:
+            assert response.status == 200, page
+    async with http.get(f"{gateway}/openapi.json") as response:
+        assert response.status == 200
+        document = await response.json()
+    assert "/v1/wallet/operators/{operator}/statements/{day}.{format}" in document["paths"]
 
 
 async def test_a_second_up_on_a_data_dir_in_use_fails_in_one_line(tmp_path: Path) -> None:
