@@ -45,16 +45,17 @@ def main(options: list[str]) -> dict[str, Any]:
     parser.add_argument("--rate", type=int, default=1000, help="fixed requests per second")
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--connections", type=int, default=32, help="for the maximum")
+    parser.add_argument("--workers", type=int, default=2, help="gateway processes (one a core)")
     args = parser.parse_args(options)
     with (
         tempfile.TemporaryDirectory(prefix="cardless-bench-") as tmp,
         _upstream() as upstream,
-        _city(Path(tmp), upstream) as city,
+        _city(Path(tmp), upstream, args.workers) as city,
     ):
         progress(f"city up: gateway {city['gateway']} in front of {upstream}")
         token = access_token(Path(tmp), BENCH_CLIENT, city["gateway"], "wallet:read")
-        pid = int(city["gateway_pid"])
-        return asyncio.run(_measure(city["gateway"], pid, upstream, token, args))
+        pids = [int(pid) for pid in city["gateway_pids"].split(",")]
+        return asyncio.run(_measure(city["gateway"], pids, upstream, token, args))
 
 
 @contextmanager
@@ -82,7 +83,7 @@ def _wait_until_answers(url: str, proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def _city(data_dir: Path, upstream: str) -> Iterator[dict[str, str]]:
+def _city(data_dir: Path, upstream: str, workers: int) -> Iterator[dict[str, str]]:
     """``cardless up`` in a subprocess, with a bench client registered; its printed URLs."""
     gateway_port = free_port()
     clients = data_dir / "bench-clients.json"
@@ -90,6 +91,7 @@ def _city(data_dir: Path, upstream: str) -> Iterator[dict[str, str]]:
     env = {
         **os.environ,
         "CARDLESS_SERVICES": "gateway",
+        "GATEWAY_WORKERS": str(workers),
         "GATEWAY_UPSTREAMS": json.dumps({"wallet": upstream}),
         "GATEWAY_PORT": str(gateway_port),
         "GATEWAY_CLIENTS": f"@{clients}",
@@ -114,7 +116,7 @@ def _city(data_dir: Path, upstream: str) -> Iterator[dict[str, str]]:
                 break
         if "gateway" not in urls:
             raise RuntimeError("cardless up did not start the gateway; its log is above")
-        urls["gateway_pid"] = str(_pid_of("serve", "gateway", parent=proc.pid))
+        urls["gateway_pids"] = ",".join(map(str, _pids_of("serve", "gateway", parent=proc.pid)))
         yield urls
     finally:
         proc.send_signal(signal.SIGINT)
@@ -128,27 +130,25 @@ def _register_bench_client(data_dir: Path, path: Path) -> None:
     path.write_text(json.dumps(registry))
 
 
-def _pid_of(*words: str, parent: int) -> int:
-    for child in psutil.Process(parent).children(recursive=True):
-        if all(word in child.cmdline() for word in words):
-            return int(child.pid)
-    raise RuntimeError(f"no process {' '.join(words)} under {parent}")
+def _pids_of(*words: str, parent: int) -> list[int]:
+    children = psutil.Process(parent).children(recursive=True)
+    return [child.pid for child in children if all(w in child.cmdline() for w in words)]
 
 
 async def _measure(
-    gateway_url: str, gateway_pid: int, upstream: str, token: str, args: argparse.Namespace
+    gateway_url: str, gateway_pids: list[int], upstream: str, token: str, args: argparse.Namespace
 ) -> dict[str, Any]:
     path = "/v1/wallet/balance"
     via = (gateway_url + path, {"Authorization": f"Bearer {token}"})
     direct = (upstream + path, {"Authorization": "Bearer not-checked"})
-    gateway = psutil.Process(gateway_pid)
+    gateway = [psutil.Process(pid) for pid in gateway_pids]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         for url, headers in (via, direct):  # warm both paths: pools, caches, the token check
             await _closed_loop(session, url, headers, 1.0, 8)
         progress(f"{args.rate}/s for {args.seconds:.0f}s through the gateway")
         via_ms = await _open_loop(session, *via, args.rate, args.seconds)
-        rss_mb = gateway.memory_info().rss / 2**20
+        rss_mb = sum(worker.memory_info().rss for worker in gateway) / 2**20
         progress(f"{args.rate}/s for {args.seconds:.0f}s directly")
         direct_ms = await _open_loop(session, *direct, args.rate, args.seconds)
         progress("maximum throughput, both ways")
@@ -166,6 +166,7 @@ async def _measure(
         "p50_ms_direct": round(_pct(direct_ms, 50), 3),
         "p99_ms_direct": round(_pct(direct_ms, 99), 3),
         "rate": args.rate,
+        "gateway_workers": args.workers,
         "gateway_rss_mb": round(rss_mb, 1),
     }
 

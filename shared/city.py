@@ -88,13 +88,26 @@ def up(
                 upstreams = {name: url for name, (_, url) in procs.items()}
                 # Upstreams given in the environment (a service run elsewhere) come on top.
                 upstreams.update(_given_upstreams(environ))
-                gateway_env = {**env, "GATEWAY_UPSTREAMS": json.dumps(upstreams)}
-                procs[GATEWAY] = _spawn(GATEWAY, gateway_port, gateway_env)
-                _wait_all_ready({GATEWAY: procs[GATEWAY]}, stop)
+                procs.update(_spawn_gateway(env, upstreams, gateway_port))
+                _wait_all_ready({n: p for n, p in procs.items() if n.startswith(GATEWAY)}, stop)
             print(f"ready: {len(procs)} process(es); Ctrl-C to stop", flush=True)
             return _supervise(procs, stop)
         finally:
             _terminate(procs)
+
+
+def _spawn_gateway(
+    env: Mapping[str, str], upstreams: Mapping[str, str], port: int
+) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
+    """The gateway's workers (``GATEWAY_WORKERS``), sharing one port: one process is one core."""
+    workers = Env(env).integer("GATEWAY_WORKERS", 1, minimum=1, maximum=64)
+    worker_env = {
+        **env,
+        "GATEWAY_UPSTREAMS": json.dumps(upstreams),
+        "HTTP_REUSE_PORT": "1" if workers > 1 else "0",
+    }
+    names = [GATEWAY] + [f"{GATEWAY}-{i}" for i in range(2, workers + 1)]
+    return {name: _spawn(GATEWAY, port, worker_env) for name in names}
 
 
 def _city_env(

@@ -167,6 +167,7 @@ class PlatformConfig:
     database_url: str
     host: str = "127.0.0.1"
     port: int = 8080
+    reuse_port: bool = False  # several processes of one service share its port (SO_REUSEPORT)
     log_level: str = "info"
     max_body_bytes: int = 1 << 20
     shutdown_timeout_s: int = 15
@@ -183,6 +184,7 @@ class PlatformConfig:
             database_url=env.url("DATABASE_URL", ("postgresql", "postgres")),
             host=env.text("HOST", cls.host),
             port=env.integer("PORT", cls.port, minimum=0),
+            reuse_port=env.choice("HTTP_REUSE_PORT", ("0", "1"), "0") == "1",
             log_level=env.choice("LOG_LEVEL", ("debug", "info", "warning", "error"), "info"),
             max_body_bytes=env.integer("HTTP_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1),
             shutdown_timeout_s=env.integer("SHUTDOWN_TIMEOUT_S", cls.shutdown_timeout_s),

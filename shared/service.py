@@ -200,6 +200,7 @@ def serve(service: Service, config: PlatformConfig) -> None:
         loop=uvloop.new_event_loop(),
         host=config.host,
         port=config.port,
+        reuse_port=config.reuse_port,
         shutdown_timeout=config.shutdown_timeout_s,
         print=None,
         access_log=None,

@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -79,11 +80,36 @@ class RegisteredClient:
             "jwks": {"keys": [{**jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}]},
         }
 
-    def assertion(self, token_url: str, now: int) -> str:
-        """A one-minute ``private_key_jwt`` assertion (RFC 7523 §2.2)."""
+    def registry_json(self) -> str:
+        """A client registry naming only this client, as ``GATEWAY_CLIENTS`` holds it."""
+        return json.dumps({"clients": [self.registration()]})
+
+    def assertion(self, token_url: str, now: int | None = None) -> str:
+        """A one-minute ``private_key_jwt`` assertion (RFC 7523 §2.2), issued at ``now`` (Unix
+        seconds; the wall clock if not given)."""
+        now = int(time.time()) if now is None else now
         claims = {"iss": self.client_id, "sub": self.client_id, "aud": token_url,
                   "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}  # fmt: skip
         return jwt.encode(claims, self.key, "EdDSA", headers={"kid": self.kid})
+
+    async def token(
+        self, http: aiohttp.ClientSession, token_url: str, scope: str | None = None
+    ) -> str:
+        """An access token from ``token_url`` (client credentials, private_key_jwt, signed now);
+        with ``scope``, asserting that exactly that scope was granted."""
+        form = {
+            "grant_type": CLIENT_CREDENTIALS,
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": self.assertion(token_url),
+            **({"scope": scope} if scope is not None else {}),
+        }
+        async with http.post(token_url, data=form) as answer:
+            assert answer.status == 200, await answer.text()
+            body = await answer.json()
+        if scope is not None:
+            assert set(body["scope"].split()) == set(scope.split()), body
+        token: str = body["access_token"]
+        return token
 
 
 def registry(clients: Iterable[RegisteredClient]) -> dict[str, Client]:

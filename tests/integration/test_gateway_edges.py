@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field, replace
@@ -16,13 +14,10 @@ from functools import partial
 from typing import Any
 
 import aiohttp
-import jwt
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from jwt.algorithms import OKPAlgorithm
 from multidict import CIMultiDictProxy
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio.retry import Retry
@@ -34,7 +29,6 @@ from services.gateway.clients import parse_clients
 from services.gateway.config import GatewayConfig
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.routes import ROUTES, Route
-from services.gateway.tokens import CLIENT_ASSERTION_TYPE
 from shared.config import PlatformConfig
 from shared.context import parse_traceparent
 from shared.http import PROBLEM_JSON
@@ -42,6 +36,7 @@ from shared.keys import Keys
 from shared.logs import JsonFormatter
 from shared.service import Service, create_app
 from tests.conftest import service_env
+from tests.gateway_city import RegisteredClient
 from tests.gateway_processes import GATEWAY_NAME, GATEWAY_TARGET, WALLET_NAME, WALLET_TARGET
 from tests.support import ServiceProcess, eventually, free_port
 
@@ -63,33 +58,7 @@ SECURITY_HEADERS = {
 }
 
 
-class Operator:
-    """A registered client (an outside party): signs ``private_key_jwt`` with its own key."""
-
-    def __init__(self, client_id: str, scopes: Sequence[str]) -> None:
-        self.client_id, self.scopes = client_id, tuple(scopes)
-        self.kid = f"{client_id}-1"
-        self.key = Ed25519PrivateKey.generate()
-
-    def registry(self) -> str:
-        """The client registry naming this client, as ``GATEWAY_CLIENTS`` holds it."""
-        jwk = OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True)
-        entry = {
-            "client_id": self.client_id,
-            "kind": "operator",
-            "scopes": list(self.scopes),
-            "jwks": {"keys": [{**jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}]},
-        }
-        return json.dumps({"clients": [entry]})
-
-    def assertion(self, token_url: str) -> str:
-        now = int(time.time())
-        claims: dict[str, Any] = {"iss": self.client_id, "sub": self.client_id, "aud": token_url}
-        claims |= {"iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
-        return jwt.encode(claims, self.key, "EdDSA", headers={"kid": self.kid})
-
-
-OPERATOR = Operator("city-ops", ["wallet:read", "wallet:topup", "transit:taps"])
+OPERATOR = RegisteredClient("city-ops", "operator", "wallet:read", "wallet:topup", "transit:taps")
 
 
 @dataclass(frozen=True)
@@ -150,17 +119,8 @@ class Gateway:
     public_url: str | None = None  # where clients address their assertions, if not ``url``
 
     async def token(self) -> str:
-        """An access token for OPERATOR, from the token endpoint."""
-        token_url = f"{self.public_url or self.url}/oauth/token"
-        form = {
-            "grant_type": "client_credentials",
-            "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": OPERATOR.assertion(token_url),
-        }
-        async with self.session.post(f"{self.url}/oauth/token", data=form) as response:
-            assert response.status == 200, await response.text()
-            token: str = (await response.json())["access_token"]
-        return token
+        """An access token for OPERATOR, from the token endpoint at the public URL."""
+        return await OPERATOR.token(self.session, f"{self.public_url or self.url}/oauth/token")
 
     async def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> Answer:
         """``method`` on ``path``, sent exactly as written (percent-escapes, dot segments)."""
@@ -239,7 +199,7 @@ def open_gateway(
         gateway_config = GatewayConfig(
             public_url=url,
             upstreams=upstreams,
-            clients=parse_clients(OPERATOR.registry()),
+            clients=parse_clients(OPERATOR.registry_json()),
             **settings,
         )
         service = replace(
@@ -303,7 +263,7 @@ async def test_replicas_share_one_rate_limit_and_refuse_past_it_with_retry_after
         config,
         **{GATEWAY_NAME: gateway_service.name},
         GATEWAY_UPSTREAMS=json.dumps({"wallet": upstream.url}),
-        GATEWAY_CLIENTS=OPERATOR.registry(),
+        GATEWAY_CLIENTS=OPERATOR.registry_json(),
         GATEWAY_RATE_LIMITS=json.dumps({"read": {"requests": 5, "period_s": 60}}),
     )
     replicas = [ServiceProcess(GATEWAY_TARGET, env) for _ in range(2)]

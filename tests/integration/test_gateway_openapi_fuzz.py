@@ -17,28 +17,23 @@ import functools
 import json
 import os
 import sys
-import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
 import aiohttp
-import jwt
 import pytest
 from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from jwt.algorithms import OKPAlgorithm
 
 from services.gateway.app import add_routes
 from services.gateway.clients import parse_clients
 from services.gateway.config import GatewayConfig
 from services.gateway.openapi import METHODS, UNAVAILABLE
 from services.gateway.ratelimit import Limit
-from services.gateway.tokens import CLIENT_ASSERTION_TYPE
 from shared.config import AuthConfig, PlatformConfig
 from shared.service import Service, create_app
+from tests.gateway_city import RegisteredClient
 from tests.provider_peers import new_secret, signed_headers
 from tests.support import free_port
 
@@ -78,44 +73,10 @@ values = ["{order_id}"]
 """
 
 
-class Client:
-    """A registered client (the city's finance office) signing ``private_key_jwt``."""
-
-    def __init__(self, client_id: str) -> None:
-        self.client_id, self.kid = client_id, f"{client_id}-1"
-        self.key = Ed25519PrivateKey.generate()
-
-    def registry(self) -> str:
-        jwk = {**OKPAlgorithm.to_jwk(self.key.public_key(), as_dict=True), "kid": self.kid}
-        entry = {"client_id": self.client_id, "kind": "operator", "scopes": list(SCOPES),
-                 "jwks": {"keys": [{**jwk, "alg": "EdDSA", "use": "sig"}]}}  # fmt: skip
-        return json.dumps({"clients": [entry]})
-
-    def assertion(self, token_url: str) -> str:
-        now = int(time.time())
-        claims = {"iss": self.client_id, "sub": self.client_id, "aud": token_url,
-                  "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}  # fmt: skip
-        return jwt.encode(claims, self.key, "EdDSA", headers={"kid": self.kid})
-
-    async def token(self, http: aiohttp.ClientSession, gateway_url: str) -> str:
-        token_url = f"{gateway_url}/oauth/token"
-        form = {
-            "grant_type": "client_credentials",
-            "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": self.assertion(token_url),
-            "scope": " ".join(SCOPES),
-        }
-        async with http.post(token_url, data=form) as answer:
-            assert answer.status == 200, await answer.text()
-            body = await answer.json()
-        assert set(body["scope"].split()) == set(SCOPES)
-        token: str = body["access_token"]
-        return token
-
-
 @pytest.fixture
-def client() -> Client:
-    return Client(FINANCE)
+def client() -> RegisteredClient:
+    """A registered client: the city's finance office."""
+    return RegisteredClient(FINANCE, "operator", *SCOPES)
 
 
 @pytest.fixture
@@ -123,7 +84,7 @@ async def gateway_url(
     config: PlatformConfig,
     wallet_service: Service,
     gateway_service: Service,
-    client: Client,
+    client: RegisteredClient,
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[str]:
     """The gateway's URL, in front of a real wallet that checks the gateway's own keys."""
@@ -145,7 +106,7 @@ async def gateway_url(
         settings = GatewayConfig(
             public_url=url,
             upstreams={"wallet": str(wallet.make_url("")).rstrip("/")},
-            clients=parse_clients(client.registry()),
+            clients=parse_clients(client.registry_json()),
             limits={name: UNLIMITED for name in ("default", "read", "money", "provider", "token")},
         )
         service = dataclasses.replace(
@@ -216,10 +177,10 @@ async def schemathesis(gateway_url: str, token: str, workdir: Path) -> tuple[int
 
 
 async def test_every_answer_through_the_gateway_is_one_the_document_promises(
-    gateway_url: str, client: Client, tmp_path: Path
+    gateway_url: str, client: RegisteredClient, tmp_path: Path
 ) -> None:
     async with aiohttp.ClientSession() as http:
-        token = await client.token(http, gateway_url)
+        token = await client.token(http, f"{gateway_url}/oauth/token", " ".join(SCOPES))
         order_id = await paid_top_up(http, gateway_url, token)
         async with http.get(f"{gateway_url}/openapi.json") as answer:
             document = await answer.json()
