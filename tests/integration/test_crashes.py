@@ -182,6 +182,9 @@ async def test_redis_restarted_mid_stream(
         valkey.stop()
 
 
+# A minute and more of real work (10,000 events, processes killed and restarted): the default
+# per-test timeout is a hang guard too tight for it on a busy two-core machine.
+@pytest.mark.timeout(300)
 async def test_ten_thousand_events_with_crashes_injected_at_random(
     config: PlatformConfig, pool: asyncpg.Pool, redis: aioredis.Redis
 ) -> None:

@@ -33,7 +33,9 @@ def token(subject: str, *scopes: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {signed}"}
 
 
-RIDER = token("rider-42", "wallet:read", "wallet:topup", "wallet:refund")
+def rider() -> dict[str, str]:
+    # Minted when used, never at import: a token made at collection would expire mid-session.
+    return token("rider-42", "wallet:read", "wallet:topup", "wallet:refund")
 
 
 @pytest.fixture
@@ -55,7 +57,7 @@ async def api(
 
 
 async def top_up(api: TestClient, body: Any, key: str | None = "k-1") -> Any:
-    headers = {**RIDER, **({"Idempotency-Key": f'"{key}"'} if key else {})}
+    headers = {**rider(), **({"Idempotency-Key": f'"{key}"'} if key else {})}
     return await api.post("/v1/wallet/topups", json=body, headers=headers)
 
 
@@ -81,11 +83,11 @@ async def test_a_rider_tops_up_pays_and_sees_the_money_and_the_statement(api: Te
     assert (await again.json())["id"] == order["id"]
 
     await pay(api, order)
-    balance = await (await api.get("/v1/wallet/balance", headers=RIDER)).json()
+    balance = await (await api.get("/v1/wallet/balance", headers=rider())).json()
     assert balance == {"currency": "CNY", "available": 1250, "held": 0}
-    status = await (await api.get(f"/v1/wallet/topups/{order['id']}", headers=RIDER)).json()
+    status = await (await api.get(f"/v1/wallet/topups/{order['id']}", headers=rider())).json()
     assert status["status"] == "paid"
-    page = await (await api.get("/v1/wallet/statement", headers=RIDER)).json()
+    page = await (await api.get("/v1/wallet/statement", headers=rider())).json()
     assert [(e["kind"], e["amount"], e["type"]) for e in page["items"]] == [
         ("posted", 1250, "top_up")
     ]
@@ -94,10 +96,10 @@ async def test_a_rider_tops_up_pays_and_sees_the_money_and_the_statement(api: Te
     refund = await api.post(
         f"/v1/wallet/topups/{order['id']}/refunds",
         json={"amount": 250, "currency": "CNY"},
-        headers={**RIDER, "Idempotency-Key": "r-1"},
+        headers={**rider(), "Idempotency-Key": "r-1"},
     )
     assert refund.status == 201
-    balance = await (await api.get("/v1/wallet/balance", headers=RIDER)).json()
+    balance = await (await api.get("/v1/wallet/balance", headers=rider())).json()
     assert balance == {"currency": "CNY", "available": 1000, "held": 250}
 
 
@@ -149,7 +151,7 @@ async def test_a_money_moving_post_without_an_idempotency_key_is_refused(api: Te
     assert response.status == 400
     assert (await response.json(content_type=None))["type"].endswith("idempotency-key-missing")
     malformed = await api.post(
-        "/v1/wallet/topups", data=b"{", headers={**RIDER, "Idempotency-Key": "k-2"}
+        "/v1/wallet/topups", data=b"{", headers={**rider(), "Idempotency-Key": "k-2"}
     )
     assert malformed.status == 400
 

@@ -29,7 +29,7 @@ notes_events = EventCatalog("notes")
 
 
 @notes_events.event("notes.written", version=1)
-class NoteWritten(Event):
+class NoteWritten(Event, frozen=True):
     note_id: int
     n: int
 
