@@ -1,9 +1,9 @@
 """The gateway: the city's one public door, wired onto the platform.
 
 A request to a service passes, in this order: request id and trace, timing and the access
-log, problem+json errors, load shedding, the route table (404/405), the body limit (413),
-authentication and authorization (401/403), the rate limit (429), then the upstream through
-its circuit breaker, within the route's deadline (502/503/504).
+log, problem+json errors, load shedding, the route table (404/405), dot segments (400),
+authentication and authorization (401/403), the rate limit (429), the body limit (413), then
+the upstream through its circuit breaker, within the route's deadline (502/503/504).
 """
 
 from __future__ import annotations
@@ -238,7 +238,6 @@ async def _pass(request: web.Request, route: Route, parts: Parts) -> web.StreamR
     if UNSAFE_PATH.search(request.rel_url.raw_path):
         # A service could resolve these to a path other than the one the table admitted.
         raise http.Problem(400, "Bad Request", "dot segments and encoded slashes are refused")
-    body = await _body(request, route.max_body_bytes)
     admitted: Admitted | None = None
     if not route.public:
         admitted = await parts.gatekeeper.admit(request, route)
@@ -246,6 +245,8 @@ async def _pass(request: web.Request, route: Route, parts: Parts) -> web.StreamR
             request[http.CLIENT_ID] = admitted.principal.client_id
     client = admitted.principal.subject if admitted else f"ip:{request.remote}"
     limit_headers = await _rate_limit(request, parts, client, route.rate_class)
+    # Read only for a caller we know and let through: nobody else makes us hold a body.
+    body = await _body(request, route.max_body_bytes)
     forwarded = {
         "X-Request-Id": context.request_id.get() or "",
         "traceparent": context.traceparent.get() or "",
