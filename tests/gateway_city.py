@@ -92,18 +92,23 @@ class RegisteredClient:
                   "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}  # fmt: skip
         return jwt.encode(claims, self.key, "EdDSA", headers={"kid": self.kid})
 
+    def form(
+        self, token_url: str, scope: str | None = None, now: int | None = None
+    ) -> dict[str, str]:
+        """The client-credentials request a client posts to the token endpoint."""
+        return {
+            "grant_type": CLIENT_CREDENTIALS,
+            "client_assertion_type": CLIENT_ASSERTION_TYPE,
+            "client_assertion": self.assertion(token_url, now),
+            **({"scope": scope} if scope is not None else {}),
+        }
+
     async def token(
         self, http: aiohttp.ClientSession, token_url: str, scope: str | None = None
     ) -> str:
         """An access token from ``token_url`` (client credentials, private_key_jwt, signed now);
         with ``scope``, asserting that exactly that scope was granted."""
-        form = {
-            "grant_type": CLIENT_CREDENTIALS,
-            "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": self.assertion(token_url),
-            **({"scope": scope} if scope is not None else {}),
-        }
-        async with http.post(token_url, data=form) as answer:
+        async with http.post(token_url, data=self.form(token_url, scope)) as answer:
             assert answer.status == 200, await answer.text()
             body = await answer.json()
         if scope is not None:
@@ -158,12 +163,7 @@ class City:
 
     async def client_token(self, client: RegisteredClient, scope: str | None = None) -> str:
         """An access token for a registered client (client credentials, private_key_jwt)."""
-        form = {
-            "grant_type": CLIENT_CREDENTIALS,
-            "client_assertion_type": CLIENT_ASSERTION_TYPE,
-            "client_assertion": client.assertion(self.token_url, self.clock.unix()),
-            **({"scope": scope} if scope is not None else {}),
-        }
+        form = client.form(self.token_url, scope, self.clock.unix())
         return await self._token(form, "Bearer")
 
     async def rider_token(self, phone: Phone) -> str:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from aiohttp import web
 from prometheus_client import Counter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
 
 from services.gateway import docs, openapi
 from services.gateway.access import Admitted, Gatekeeper
@@ -240,7 +241,8 @@ async def _pass(request: web.Request, route: Route, parts: Parts) -> web.StreamR
         raise http.Problem(400, "Bad Request", "dot segments and encoded slashes are refused")
     admitted: Admitted | None = None
     if not route.public:
-        admitted = await parts.gatekeeper.admit(request, route)
+        with _redis_needed():  # DPoP proofs are single-use: their ids are kept in Redis
+            admitted = await parts.gatekeeper.admit(request, route)
         if admitted.principal.client_id:
             request[http.CLIENT_ID] = admitted.principal.client_id
     client = admitted.principal.subject if admitted else f"ip:{request.remote}"
@@ -317,7 +319,23 @@ async def _rate_limit(
 async def _token(request: web.Request) -> web.StreamResponse:
     parts = request.app[PARTS]
     await _rate_limit(request, parts, f"ip:{request.remote}", "token")
-    return await parts.tokens.handle(request)
+    with _redis_needed():  # assertions are single-use: their ids are kept in Redis
+        return await parts.tokens.handle(request)
+
+
+@contextlib.contextmanager
+def _redis_needed() -> Iterator[None]:
+    """A Redis outage where a check cannot be skipped: 503, never a 500, never a pass."""
+    try:
+        yield
+    except RedisError:
+        log.warning("Redis unavailable for a single-use check; refusing", exc_info=True)
+        raise http.Problem(
+            503,
+            "Service Unavailable",
+            "a dependency is unavailable; retry shortly",
+            headers={"Retry-After": "1"},
+        ) from None
 
 
 async def _jwks(request: web.Request) -> web.Response:

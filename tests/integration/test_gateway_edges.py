@@ -24,17 +24,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from yarl import URL
 
-from services.gateway.app import PARTS, add_routes
+from services.gateway.app import PARTS, SETTINGS, add_routes
 from services.gateway.clients import parse_clients
 from services.gateway.config import GatewayConfig
 from services.gateway.ratelimit import RateLimiter
 from services.gateway.routes import ROUTES, Route
+from services.gateway.tokens import TokenEndpoint, TokenKeys, TokenSettings
 from shared.config import PlatformConfig
 from shared.context import parse_traceparent
 from shared.http import PROBLEM_JSON
 from shared.keys import Keys
 from shared.logs import JsonFormatter
-from shared.service import Service, create_app
+from shared.service import CLOCK, POOL, Service, create_app
 from tests.conftest import service_env
 from tests.gateway_city import RegisteredClient
 from tests.gateway_processes import GATEWAY_NAME, GATEWAY_TARGET, WALLET_NAME, WALLET_TARGET
@@ -427,6 +428,35 @@ async def test_with_the_limiters_redis_away_money_is_refused_and_taps_pass(
     decisions = "gateway_rate_limit_decisions_total"
     assert await gateway.metric(decisions, **{"class": "money", "decision": "fail_closed"}) == 1
     assert await gateway.metric(decisions, **{"class": "taps", "decision": "fail_open"}) == 1
+
+
+async def test_with_redis_away_a_token_is_refused_with_503_never_issued_unchecked(
+    open_gateway: OpenGateway, upstream: Upstream, config: PlatformConfig, stack: AsyncExitStack
+) -> None:
+    gateway = await open_gateway({"wallet": upstream.url})
+    assert gateway.app is not None
+    settings, parts = gateway.app[SETTINGS], gateway.app[PARTS]
+    # The token endpoint keeps each assertion's id in Redis so that it is used once: with
+    # Redis away it must refuse, not skip the check.
+    away = aioredis.Redis.from_url(
+        f"redis://127.0.0.1:{free_port()}", socket_connect_timeout=0.25, retry=Retry(NoBackoff(), 0)
+    )
+    stack.push_async_callback(away.aclose)
+    parts.tokens = TokenEndpoint(
+        parts.keyring,
+        settings.clients,
+        away,
+        TokenKeys(config.bus.namespace),
+        gateway.app[POOL],
+        gateway.app[CLOCK],
+        TokenSettings(token_url=settings.token_url),
+    )
+
+    answer = await gateway.call("POST", "/oauth/token", data=OPERATOR.form(settings.token_url))
+
+    assert answer.status == 503
+    assert answer.headers["Retry-After"] == "1"
+    assert "access_token" not in answer.problem()
 
 
 # What every answer carries
