@@ -34,6 +34,7 @@ from shared.ids import new_id
 log = logging.getLogger(__name__)
 
 CACHE_ENTRIES = 10_000
+DPOP_CHALLENGE = 'DPoP error="invalid_dpop_proof", algs="EdDSA ES256"'
 # An internal token is re-minted when less than this is left of it.
 INTERNAL_MARGIN_S = 30
 DpopCheck = Callable[..., Awaitable[None]]
@@ -80,7 +81,10 @@ class Gatekeeper:
         token = bearer_token(request, schemes=("bearer", "dpop"))
         try:
             admitted = await self._authenticated(token)
-            if admitted.jkt is not None:
+        except Unauthenticated as refused:
+            raise refusal(401, refused.reason) from None
+        if admitted.jkt is not None:
+            try:
                 await self._check_dpop(
                     method=request.method,
                     url=self._public_url + request.path,
@@ -88,8 +92,11 @@ class Gatekeeper:
                     access_token=token,
                     jkt=admitted.jkt,
                 )
-        except Unauthenticated as refused:
-            raise refusal(401, refused.reason) from None
+            except Unauthenticated as refused:
+                # RFC 9449 §7.1: the challenge names the DPoP scheme and what proofs may use.
+                problem = refusal(401, refused.reason)
+                problem.headers["WWW-Authenticate"] = DPOP_CHALLENGE
+                raise problem from None
         _authorize(request, route, admitted.principal)
         return admitted
 

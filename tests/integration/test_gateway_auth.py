@@ -291,8 +291,11 @@ async def test_a_riders_token_works_only_with_a_fresh_proof_of_the_same_phone(ci
         },
     }
     for reason, headers in attempts.items():
-        body = await refused(await city.http.get(city.url(BALANCE), headers=headers))
+        answer = await city.http.get(city.url(BALANCE), headers=headers)
+        body = await refused(answer)
         assert body["detail"] == reason
+        # RFC 9449 §7.1: the challenge tells the phone it is its proof that failed.
+        assert answer.headers["WWW-Authenticate"].startswith('DPoP error="invalid_dpop_proof"')
 
 
 # --- what reaches the wallet: the gateway's internal token, with the caller's subject --------
