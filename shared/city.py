@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Literal
 
 from services.gateway import demo
+from services.wallet import sandbox
 from shared import service as services
 from shared.config import Env
 from shared.embedded import EmbeddedServers
@@ -119,6 +120,8 @@ def _city_env(
         env["AUTH_JWKS_URL"] = f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json"
     if not environ.get("GATEWAY_CLIENTS"):
         env["GATEWAY_CLIENTS"] = f"@{demo.registry(data_dir).resolve()}"
+    if not environ.get("WALLET_PROVIDERS"):
+        env["WALLET_PROVIDERS"] = sandbox.providers_setting(data_dir)
     return env
 
 

@@ -1,4 +1,5 @@
-"""The ``cardless`` command: up, serve, migrate, token, bench."""
+"""The ``cardless`` command: up, serve, migrate, bench, and the demo city's parties (token,
+rider, sandbox)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import asyncpg
 from redis.exceptions import RedisError
 
 from services.gateway import demo
+from services.wallet import sandbox
 from shared import city, logs
 from shared import service as services
 from shared.config import ConfigError, Env, PlatformConfig
 from shared.db import MigrationError
 from shared.embedded import EmbeddedError
+from shared.ids import new_id
+from shared.money import Money
 
 # Failures an operator can fix: printed as one line, no traceback unless --debug.
 _EXPECTED = (
@@ -28,6 +32,7 @@ _EXPECTED = (
     MigrationError,
     city.StartError,
     demo.DemoError,
+    sandbox.SandboxError,
     LookupError,
     OSError,
     asyncpg.PostgresError,
@@ -82,10 +87,40 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir or city.default_data_dir(os.environ))
-    gateway = args.gateway or f"http://127.0.0.1:{Env(os.environ).integer('GATEWAY_PORT', 8080)}"
-    print(demo.access_token(data_dir, args.client, gateway, args.scope), flush=True)
+    print(demo.access_token(_data_dir(args), args.client, _gateway(args), args.scope), flush=True)
     return 0
+
+
+def _rider(args: argparse.Namespace) -> int:
+    headers = {"Idempotency-Key": f'"{new_id()}"'} if args.method == "POST" else {}
+    try:
+        body = json.loads(args.json) if args.json else None
+    except ValueError:
+        raise demo.DemoError("--json: not valid JSON") from None
+    status, answer = demo.rider_call(
+        _data_dir(args), _gateway(args), args.method, args.path, body, headers
+    )
+    print(json.dumps(answer, indent=2) if not isinstance(answer, str) else answer, flush=True)
+    return 0 if status < 400 else 1
+
+
+def _sandbox_pay(args: argparse.Namespace) -> int:
+    try:
+        amount = Money.parse(args.amount, args.currency)
+    except ValueError as exc:
+        raise sandbox.SandboxError(f"amount: {exc}") from None
+    status, answer = sandbox.pay(_data_dir(args), _gateway(args), args.order_id, amount)
+    print(answer or f"the wallet took the payment ({status})", flush=True)
+    return 0 if status < 400 else 1
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    return Path(args.data_dir or city.default_data_dir(os.environ))
+
+
+def _gateway(args: argparse.Namespace) -> str:
+    port = Env(os.environ).integer("GATEWAY_PORT", 8080)
+    return str(args.gateway or f"http://127.0.0.1:{port}")
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -119,11 +154,26 @@ def _parser() -> argparse.ArgumentParser:
     migrate.set_defaults(run=_migrate)
 
     token = commands.add_parser("token", help="an access token for a demo client (after `up`)")
-    token.add_argument("client", help="a demo client: city-finance, sandbox-pay, ...")
+    token.add_argument("client", help="a demo client: city-finance, sandbox (the provider), ...")
     token.add_argument("--scope", help="ask for fewer scopes than the client holds")
-    token.add_argument("--gateway", help="the gateway's URL (default http://127.0.0.1:8080)")
-    token.add_argument("--data-dir", help="where `up` keeps the demo keys (default ./.cardless)")
     token.set_defaults(run=_token)
+
+    rider = commands.add_parser("rider", help="a request from the demo rider's phone (DPoP)")
+    rider.add_argument("method", choices=["GET", "POST"])
+    rider.add_argument("path", help="e.g. /v1/wallet/balance")
+    rider.add_argument("--json", help="the request body, JSON")
+    rider.set_defaults(run=_rider)
+
+    pay = commands.add_parser("sandbox", help="the demo payment provider")
+    pay.add_argument("action", choices=["pay"])
+    pay.add_argument("order_id", help="the top-up order's id")
+    pay.add_argument("amount", help="what the rider paid, e.g. 12.50")
+    pay.add_argument("--currency", default="CNY")
+    pay.set_defaults(run=_sandbox_pay)
+
+    for demo_command in (token, rider, pay):
+        demo_command.add_argument("--gateway", help="the gateway (default http://127.0.0.1:8080)")
+        demo_command.add_argument("--data-dir", help="where `up` keeps the demo keys")
 
     bench = commands.add_parser("bench", help="run a benchmark; ends with one JSON line")
     bench.add_argument("name", help="e.g. bus")

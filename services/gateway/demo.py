@@ -1,9 +1,12 @@
-"""The demo city's clients, so a newcomer can make a first request after ``cardless up``.
+"""The demo city's clients and a rider's phone, so a newcomer can try the city after ``up``.
 
 Each demo client gets an Ed25519 key in the data directory (``clients/<id>.pem``, readable by
 its owner only) and a row in ``clients/clients.json``, the registry the gateway reads
 (``GATEWAY_CLIENTS=@...``). ``cardless token <client>`` signs a ``private_key_jwt`` assertion
 with that key and trades it for an access token at the gateway, as a real client would.
+
+``cardless rider ...`` plays a rider's phone the same way: its key (``rider/phone.pem``) signs
+the sign-in, and every request carries a DPoP proof, as the phone app's would.
 """
 
 from __future__ import annotations
@@ -26,13 +29,14 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
+from services.gateway.assertions import DPOP_TYP, access_token_hash
+from services.gateway.tokens import CLIENT_ASSERTION_TYPE, JWT_BEARER
 from shared.ids import new_id
 
-CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # Who the demo city lets in, and with what: one of each kind of client.
 DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "city-finance": ("operator", ("wallet:finance",)),
-    "sandbox-pay": ("provider", ("wallet:settlement",)),
+    "sandbox": ("provider", ("wallet:settlement",)),  # the provider of `cardless sandbox`
     "city-agency": ("agency", ("identity:verify",)),
     "station-0001": ("gate", ("transit:taps",)),
 }
@@ -109,15 +113,65 @@ def access_token(data_dir: Path, client_id: str, gateway_url: str, scope: str | 
     }
     if scope:
         form["scope"] = scope
+    return _token(token_url, form)
+
+
+def rider_call(
+    data_dir: Path,
+    gateway_url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    """One request of the rider's phone through the gateway: sign in, then call with a DPoP
+    proof; the answer's status and JSON body."""
+    gateway_url = gateway_url.rstrip("/")
+    key = _key(_phone_key_path(data_dir))
+    jwk = {**json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())), "alg": "EdDSA"}
+    token_url = f"{gateway_url}/oauth/token"
+    now = int(time.time())
+    sign_in = {"aud": token_url, "iat": now, "exp": now + 60, "jti": str(new_id())}
+    assertion = jwt.encode(sign_in, key, algorithm="EdDSA", headers={"jwk": jwk})
+    token = _token(token_url, {"grant_type": JWT_BEARER, "assertion": assertion})
+    url = gateway_url + path
+    proof_claims = {"htm": method, "htu": url, "iat": now, "jti": str(new_id())}
+    proof_claims["ath"] = access_token_hash(token)
+    proof_header = {"typ": DPOP_TYP, "jwk": jwk}
+    proof = jwt.encode(proof_claims, key, algorithm="EdDSA", headers=proof_header)
+    sent = {"Authorization": f"DPoP {token}", "DPoP": proof, **(headers or {})}
+    data = None
+    if body is not None:
+        data, sent["Content-Type"] = json.dumps(body).encode(), "application/json"
+    return _call(urllib.request.Request(url, data=data, headers=sent, method=method))  # noqa: S310
+
+
+def _phone_key_path(data_dir: Path) -> Path:
+    folder = data_dir / "rider"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "phone.pem"
+
+
+def _token(token_url: str, form: dict[str, str]) -> str:
     request = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
         token_url, data=urllib.parse.urlencode(form).encode(), method="POST"
     )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
-            answer = json.load(response)
-    except urllib.error.HTTPError as error:
-        raise DemoError(f"the gateway refused: {error.read().decode(errors='replace')}") from None
-    except OSError as error:
-        raise DemoError(f"cannot reach the gateway at {token_url}: {error}") from None
+    status, answer = _call(request)
+    if status != 200:
+        raise DemoError(f"the gateway refused a token: {answer}")
     token: str = answer["access_token"]
     return token
+
+
+def _call(request: urllib.request.Request) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        text = error.read().decode(errors="replace")
+        try:
+            return error.code, json.loads(text)
+        except ValueError:
+            return error.code, text
+    except OSError as error:
+        raise DemoError(f"cannot reach the gateway at {request.full_url}: {error}") from None

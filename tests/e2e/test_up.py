@@ -4,6 +4,7 @@ of the wallet and the README's first request through it, Ctrl-C, and again."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -80,10 +81,10 @@ def city_env(services: tuple[str, ...] = (NOTES,)) -> dict[str, str]:
     return env
 
 
-async def cardless_token(client: str, gateway: str, data_dir: Path) -> str:
-    """What `cardless token <client> --gateway <url> --data-dir <dir>` prints."""
+async def cardless(*args: str, gateway: str, data_dir: Path) -> str:
+    """What `cardless <args> --gateway <url> --data-dir <dir>` prints, as a newcomer runs it."""
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "shared.cli", "token", client),
+        *(sys.executable, "-m", "shared.cli", *args),
         *("--gateway", gateway, "--data-dir", str(data_dir)),
         env={**os.environ, "PYTHONPATH": str(REPO)},
         cwd=REPO,
@@ -91,7 +92,7 @@ async def cardless_token(client: str, gateway: str, data_dir: Path) -> str:
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
+    assert process.returncode == 0, err.decode() + out.decode()
     return out.decode().strip()
 
 
@@ -120,6 +121,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
             assert response.status == 201
             note_id = (await response.json())["id"]
         await the_readmes_first_request_works(http, services["gateway"], tmp_path / "city")
+        await a_rider_tops_up_through_the_sandbox(services["gateway"], tmp_path / "city")
         assert await city.interrupt() == 0
 
     async with City(tmp_path / "city") as again, aiohttp.ClientSession() as http:
@@ -134,7 +136,7 @@ async def the_readmes_first_request_works(
 ) -> None:
     """A demo client's token from `cardless token`, then yesterday's statement through the
     gateway with it; and the gateway's own pages."""
-    token = await cardless_token("city-finance", gateway, data_dir)
+    token = await cardless("token", "city-finance", gateway=gateway, data_dir=data_dir)
     yesterday = last_final_day()
     statement = f"{gateway}/v1/wallet/operators/metro/statements/{yesterday}.json"
     async with http.get(statement, headers={"Authorization": f"Bearer {token}"}) as response:
@@ -150,6 +152,20 @@ async def the_readmes_first_request_works(
         assert response.status == 200
         document = await response.json()
     assert "/v1/wallet/operators/{operator}/statements/{day}.{format}" in document["paths"]
+
+
+async def a_rider_tops_up_through_the_sandbox(gateway: str, data_dir: Path) -> None:
+    """The README's rider: a top-up order from the phone (DPoP), the sandbox provider's signed
+    notification, and the money in the rider's balance."""
+    where = {"gateway": gateway, "data_dir": data_dir}
+    asked = json.dumps({"provider": "sandbox", "amount": 1250, "currency": "CNY"})
+    order = json.loads(
+        await cardless("rider", "POST", "/v1/wallet/topups", "--json", asked, **where)
+    )
+    assert order["status"] == "awaiting_payment"
+    await cardless("sandbox", "pay", order["id"], order["pay"]["amount"], **where)
+    balance = json.loads(await cardless("rider", "GET", "/v1/wallet/balance", **where))
+    assert balance == {"currency": "CNY", "available": 1250, "held": 0}
 
 
 async def test_a_second_up_on_a_data_dir_in_use_fails_in_one_line(tmp_path: Path) -> None:
