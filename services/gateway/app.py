@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from services.gateway import docs, openapi
 from services.gateway.access import Admitted, Gatekeeper
+from services.gateway.catalog import Catalog
 from services.gateway.config import GatewayConfig
 from services.gateway.keyring import Keyring, RotationPolicy
 from services.gateway.proxy import (
@@ -77,7 +78,7 @@ class Parts:
     gatekeeper: Gatekeeper
     limiter: RateLimiter
     forwarder: Forwarder
-    catalog: openapi.Catalog
+    catalog: Catalog
     limit_decisions: Counter
 
     async def rotate(self) -> None:
@@ -189,9 +190,7 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
                 RetryBudget(ratio=settings.retry_budget_ratio_pct / 100),
                 app[PROXY_METRICS],
             ),
-            catalog=openapi.Catalog(
-                settings.upstreams, session, openapi.gateway_document(), version="1"
-            ),
+            catalog=Catalog(settings.upstreams, session, openapi.gateway_document(), version="1"),
             limit_decisions=limit_decisions,
         )
 

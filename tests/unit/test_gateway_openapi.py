@@ -19,12 +19,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer, make_mocked_request
 from openapi_spec_validator import validate
 
+from services.gateway.catalog import Catalog
 from services.gateway.openapi import (
     GATEWAY_DOCUMENT,
     MAX_DOCUMENT_BYTES,
     STALE,
     UNAVAILABLE,
-    Catalog,
     MergeError,
     merge,
 )
