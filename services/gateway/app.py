@@ -31,15 +31,9 @@ from services.gateway.access import Admitted, Gatekeeper
 from services.gateway.catalog import Catalog
 from services.gateway.config import GatewayConfig
 from services.gateway.keyring import Keyring, RotationPolicy
-from services.gateway.proxy import (
-    Forwarder,
-    InFlightLimit,
-    ProxyMetrics,
-    RetryBudget,
-    Upstreams,
-    shedding,
-)
+from services.gateway.proxy import Forwarder, ProxyMetrics, Upstreams
 from services.gateway.ratelimit import RateLimiter, RateLimitUnavailable, headers
+from services.gateway.resilience import InFlightLimit, RetryBudget, shedding
 from services.gateway.routes import FAIL_OPEN_CLASSES, ROUTES, Route
 from services.gateway.tokens import TokenEndpoint, TokenKeys, TokenSettings
 from shared import context, http

@@ -17,15 +17,8 @@ from multidict import CIMultiDictProxy
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
-from services.gateway.proxy import (
-    CircuitBreaker,
-    Forwarder,
-    InFlightLimit,
-    ProxyMetrics,
-    RetryBudget,
-    Upstreams,
-    shedding,
-)
+from services.gateway.proxy import Forwarder, ProxyMetrics, Upstreams
+from services.gateway.resilience import CircuitBreaker, InFlightLimit, RetryBudget, shedding
 from shared.http import PROBLEM_JSON, error_middleware
 from tests.support import eventually
 
