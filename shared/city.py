@@ -3,7 +3,8 @@
 Starts embedded Valkey and PostgreSQL when no ``REDIS_URL`` / ``DATABASE_URL`` is given, applies
 every service's migrations, starts each service as its own OS process (``cardless serve``), waits
 until each answers ``/readyz``, then starts the gateway in front of them (told where they are,
-with the demo city's clients from ``demo``), prints where everything is, and on Ctrl-C or
+with the demo city's clients from ``demo``) and, for the wallet, the demo's sandbox payment
+provider, prints where everything is, and on Ctrl-C or
 SIGTERM stops the processes first (they drain requests and acknowledge what they applied), then
 the servers.
 """
@@ -34,6 +35,7 @@ from shared.embedded import EmbeddedServers
 
 READY_TIMEOUT_S = 60.0
 GATEWAY = "gateway"
+SANDBOX_URL = "CARDLESS_SANDBOX_URL"  # where `cardless sandbox pay` finds the demo's provider
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
@@ -78,12 +80,14 @@ def up(
         asyncio.run(_migrate_all(chosen, urls.database_url))
         procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         gateway_port = Env(environ).integer("GATEWAY_PORT", 8080)
-        env = _city_env(environ, urls, data_dir, gateway_port)
+        env = _city_env(environ, urls, data_dir, gateway_port, with_sandbox="wallet" in names)
         try:
             # The services first, then the gateway in front of them, told where they are.
+            if SANDBOX_URL in env:
+                procs[sandbox.SANDBOX] = _spawn_sandbox(env, data_dir, gateway_port)
             for name, service in zip(names, chosen, strict=True):
                 if service.name != GATEWAY:
-                    procs[service.name] = _spawn(name, free_port(), env)
+                    procs[service.name] = _spawn(["serve", name], free_port(), env)
             _wait_all_ready(procs, stop)
             if GATEWAY in names:
                 upstreams = {name: url for name, (_, url) in procs.items()}
@@ -108,11 +112,27 @@ def _spawn_gateway(
         "HTTP_REUSE_PORT": "1" if workers > 1 else "0",
     }
     names = [GATEWAY] + [f"{GATEWAY}-{i}" for i in range(2, workers + 1)]
-    return {name: _spawn(GATEWAY, port, worker_env) for name in names}
+    return {name: _spawn(["serve", GATEWAY], port, worker_env) for name in names}
+
+
+def _spawn_sandbox(
+    env: Mapping[str, str], data_dir: Path, gateway_port: int
+) -> tuple[subprocess.Popen[bytes], str]:
+    """The demo's payment provider: a party outside the city, in a process of its own."""
+    url = env[SANDBOX_URL]
+    port = int(url.rsplit(":", 1)[1])
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    args = ["sandbox", "serve", "--gateway", gateway, "--data-dir", str(data_dir)]
+    return _spawn(args, port, env)
 
 
 def _city_env(
-    environ: Mapping[str, str], urls: Servers, data_dir: Path, gateway_port: int
+    environ: Mapping[str, str],
+    urls: Servers,
+    data_dir: Path,
+    gateway_port: int,
+    *,
+    with_sandbox: bool,
 ) -> dict[str, str]:
     """What every process of the city is told: the servers, and how tokens are checked."""
     env = {**environ, "REDIS_URL": urls.redis_url, "DATABASE_URL": urls.database_url}
@@ -120,8 +140,10 @@ def _city_env(
         env["AUTH_JWKS_URL"] = f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json"
     if not environ.get("GATEWAY_CLIENTS"):
         env["GATEWAY_CLIENTS"] = f"@{demo.registry(data_dir).resolve()}"
-    if not environ.get("WALLET_PROVIDERS"):
-        env["WALLET_PROVIDERS"] = sandbox.providers_setting(data_dir)
+    if with_sandbox and not environ.get("WALLET_PROVIDERS"):
+        # The demo's sandbox provider: the wallet takes top-ups from it and sends it webhooks.
+        env[SANDBOX_URL] = f"http://127.0.0.1:{free_port()}"
+        env["WALLET_PROVIDERS"] = sandbox.providers_setting(data_dir, env[SANDBOX_URL])
     return env
 
 
@@ -148,11 +170,14 @@ async def _migrate_all(chosen: list[services.Service], database_url: str) -> Non
         await services.migrate(service, database_url)
 
 
-def _spawn(selector: str, port: int, env: Mapping[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+def _spawn(
+    args: list[str], port: int, env: Mapping[str, str]
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``cardless <args>`` as a child process listening on ``port``."""
     # Own session: a terminal's Ctrl-C reaches only us, and we stop services in order. If we
     # die without a chance to stop them, the kernel sends them SIGTERM (Linux).
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "serve", selector],
+        [sys.executable, "-m", "shared.cli", *args],
         env={**env, "PORT": str(port), "HOST": "127.0.0.1"},
         start_new_session=True,
         preexec_fn=_terminate_with_parent,

@@ -23,7 +23,6 @@ from shared.config import ConfigError, Env, PlatformConfig
 from shared.db import MigrationError
 from shared.embedded import EmbeddedError
 from shared.ids import new_id
-from shared.money import Money
 
 # Failures an operator can fix: printed as one line, no traceback unless --debug.
 _EXPECTED = (
@@ -104,14 +103,17 @@ def _rider(args: argparse.Namespace) -> int:
     return 0 if status < 400 else 1
 
 
-def _sandbox_pay(args: argparse.Namespace) -> int:
-    try:
-        amount = Money.parse(args.amount, args.currency)
-    except ValueError as exc:
-        raise sandbox.SandboxError(f"amount: {exc}") from None
-    status, answer = sandbox.pay(_data_dir(args), _gateway(args), args.order_id, amount)
-    print(answer or f"the wallet took the payment ({status})", flush=True)
-    return 0 if status < 400 else 1
+def _sandbox(args: argparse.Namespace) -> int:
+    if args.action == "serve":
+        port = Env(os.environ).integer("PORT", 8090)
+        sandbox.serve(_data_dir(args), _gateway(args), port)
+        return 0
+    if args.order_id is None or args.amount is None:
+        raise sandbox.SandboxError("pay needs an order id and an amount, e.g. pay <id> 12.50")
+    url = os.environ.get(city.SANDBOX_URL) or sandbox.url_in(_data_dir(args))
+    answer = sandbox.pay(url, args.order_id, args.amount, args.currency)
+    print(json.dumps(answer), flush=True)
+    return 0
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
@@ -164,12 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     rider.add_argument("--json", help="the request body, JSON")
     rider.set_defaults(run=_rider)
 
-    pay = commands.add_parser("sandbox", help="the demo payment provider")
-    pay.add_argument("action", choices=["pay"])
-    pay.add_argument("order_id", help="the top-up order's id")
-    pay.add_argument("amount", help="what the rider paid, e.g. 12.50")
+    pay = commands.add_parser("sandbox", help="the demo payment provider: serve, or pay an order")
+    pay.add_argument("action", choices=["pay", "serve"])
+    pay.add_argument("order_id", nargs="?", help="pay: the top-up order's id")
+    pay.add_argument("amount", nargs="?", help="pay: what the rider paid, e.g. 12.50")
     pay.add_argument("--currency", default="CNY")
-    pay.set_defaults(run=_sandbox_pay)
+    pay.set_defaults(run=_sandbox)
 
     for demo_command in (token, rider, pay):
         demo_command.add_argument("--gateway", help="the gateway (default http://127.0.0.1:8080)")

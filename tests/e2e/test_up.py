@@ -113,7 +113,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
             for name, url in city.urls.items()
             if name not in ("redis", "postgres", "ready")
         }
-        assert set(services) == {"notes", "wallet", "gateway"}
+        assert set(services) == {"notes", "wallet", "gateway", "sandbox"}
         for url in services.values():
             async with http.get(f"{url}/readyz") as response:
                 assert response.status == 200
@@ -155,17 +155,36 @@ async def the_readmes_first_request_works(
 
 
 async def a_rider_tops_up_through_the_sandbox(gateway: str, data_dir: Path) -> None:
-    """The README's rider: a top-up order from the phone (DPoP), the sandbox provider's signed
-    notification, and the money in the rider's balance."""
-    where = {"gateway": gateway, "data_dir": data_dir}
+    """The README's rider: a top-up order from the phone (DPoP), paid in the sandbox provider
+    (its signed notification), the money in the balance; then a refund the wallet asks the
+    sandbox for by signed webhook, settled by the sandbox's signed answer."""
     asked = json.dumps({"provider": "sandbox", "amount": 1250, "currency": "CNY"})
-    order = json.loads(
-        await cardless("rider", "POST", "/v1/wallet/topups", "--json", asked, **where)
-    )
+    order = json.loads(await rider(gateway, data_dir, "POST", "/v1/wallet/topups", asked))
     assert order["status"] == "awaiting_payment"
-    await cardless("sandbox", "pay", order["id"], order["pay"]["amount"], **where)
-    balance = json.loads(await cardless("rider", "GET", "/v1/wallet/balance", **where))
-    assert balance == {"currency": "CNY", "available": 1250, "held": 0}
+    paying = ("sandbox", "pay", order["id"], order["pay"]["amount"])
+    await cardless(*paying, gateway=gateway, data_dir=data_dir)
+    assert await balance(gateway, data_dir) == {"currency": "CNY", "available": 1250, "held": 0}
+
+    refund = json.dumps({"amount": 250, "currency": "CNY"})
+    await rider(gateway, data_dir, "POST", f"/v1/wallet/topups/{order['id']}/refunds", refund)
+    await eventually(
+        lambda: balance(gateway, data_dir),
+        lambda now: now == {"currency": "CNY", "available": 1000, "held": 0},
+        what="the refund settled by the sandbox",
+    )
+
+
+async def rider(gateway: str, data_dir: Path, method: str, path: str, body: str = "") -> str:
+    """What `cardless rider <method> <path> [--json body]` prints."""
+    args = ("rider", method, path, *(("--json", body) if body else ()))
+    return await cardless(*args, gateway=gateway, data_dir=data_dir)
+
+
+async def balance(gateway: str, data_dir: Path) -> dict[str, object]:
+    answer: dict[str, object] = json.loads(
+        await rider(gateway, data_dir, "GET", "/v1/wallet/balance")
+    )
+    return answer
 
 
 async def test_a_second_up_on_a_data_dir_in_use_fails_in_one_line(tmp_path: Path) -> None:
