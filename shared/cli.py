@@ -8,6 +8,7 @@ import asyncio
 import importlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -127,10 +128,16 @@ def _gateway(args: argparse.Namespace) -> str:
 
 def _bench(args: argparse.Namespace) -> int:
     logs.configure("bench", "warning")
+    # SIGTERM unwinds like Ctrl-C, so the throwaway servers the benchmark started are stopped.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     module = importlib.import_module(f"bench.{args.name.replace('-', '_')}")
     result = module.main(args.options)
     print(json.dumps(result), flush=True)
     return 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _parser() -> argparse.ArgumentParser:
