@@ -46,16 +46,21 @@ class Env:
             raise ConfigError(f"{name}: expected an integer {expected}, got {raw!r}")
         return value
 
+    def document(self, name: str) -> str:
+        """A setting given inline or as ``@/path/to/file`` (a mounted secret); "" if unset."""
+        raw = self._environ.get(name, "").strip()
+        if not raw.startswith("@"):
+            return raw
+        try:
+            # Bytes that are not UTF-8 become U+FFFD, which no parser takes: one error path.
+            return Path(raw[1:]).read_text(encoding="utf-8", errors="replace")
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            raise ConfigError(f"{name}: cannot read {raw[1:]!r}: {reason}") from None
+
     def jwks(self, name: str) -> tuple[VerificationKey, ...]:
         """A JWKS given inline as JSON or as ``@/path/to/jwks.json``; unset means no keys."""
-        raw = self._environ.get(name, "").strip()
-        if raw.startswith("@"):
-            try:
-                # Bytes that are not UTF-8 become U+FFFD, which no JWKS parses: one error path.
-                raw = Path(raw[1:]).read_text(encoding="utf-8", errors="replace")
-            except OSError as error:
-                reason = error.strerror or type(error).__name__
-                raise ConfigError(f"{name}: cannot read {raw[1:]!r}: {reason}") from None
+        raw = self.document(name).strip()
         try:
             return parse_jwks(raw) if raw else ()
         except JwksError as error:

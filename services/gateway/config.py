@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -72,13 +71,13 @@ class GatewayConfig:
         public_url = env.url("GATEWAY_PUBLIC_URL", ("http", "https"), f"http://127.0.0.1:{port}")
         return cls(
             public_url=public_url.rstrip("/"),
-            upstreams=_upstreams(env, environ.get("GATEWAY_UPSTREAMS", "")),
+            upstreams=_upstreams(environ.get("GATEWAY_UPSTREAMS", "")),
             audience=env.text("GATEWAY_AUDIENCE", cls.audience),
-            clients=_parsed(env, "GATEWAY_CLIENTS", environ, parse_clients, ClientsError, {}),
-            issuers=_issuers(env, _read(env, "GATEWAY_ISSUERS", environ)),
+            clients=_parsed(env, "GATEWAY_CLIENTS", parse_clients, ClientsError, {}),
+            issuers=_issuers(env.document("GATEWAY_ISSUERS")),
             limits={
                 **DEFAULT_LIMITS,
-                **_parsed(env, "GATEWAY_RATE_LIMITS", environ, parse_limits, LimitsError, {}),
+                **_parsed(env, "GATEWAY_RATE_LIMITS", parse_limits, LimitsError, {}),
             },
             token_ttl_s=env.integer("GATEWAY_TOKEN_TTL_S", cls.token_ttl_s, minimum=30),
             internal_ttl_s=env.integer("GATEWAY_INTERNAL_TTL_S", cls.internal_ttl_s, minimum=10),
@@ -99,26 +98,8 @@ class GatewayConfig:
         )
 
 
-def _read(env: Env, name: str, environ: Mapping[str, str]) -> str:
-    """A setting given inline or as ``@/path/to/file``."""
-    raw = environ.get(name, "").strip()
-    if not raw.startswith("@"):
-        return raw
-    try:
-        return Path(raw[1:]).read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise ConfigError(f"{name}: cannot read {raw[1:]!r}: {error.strerror}") from None
-
-
-def _parsed(
-    env: Env,
-    name: str,
-    environ: Mapping[str, str],
-    parse: Callable[[str], T],
-    error: type[Exception],
-    empty: T,
-) -> T:
-    text = _read(env, name, environ)
+def _parsed(env: Env, name: str, parse: Callable[[str], T], error: type[Exception], empty: T) -> T:
+    text = env.document(name)
     if not text.strip():
         return empty
     try:
@@ -134,7 +115,7 @@ def _json(name: str, text: str) -> object:
         raise ConfigError(f"{name}: expected JSON") from None
 
 
-def _upstreams(env: Env, text: str) -> dict[str, str]:
+def _upstreams(text: str) -> dict[str, str]:
     if not text.strip():
         return {}
     given = _json("GATEWAY_UPSTREAMS", text)
@@ -146,7 +127,7 @@ def _upstreams(env: Env, text: str) -> dict[str, str]:
     return {name: url.rstrip("/") for name, url in given.items()}
 
 
-def _issuers(env: Env, text: str) -> tuple[ExternalIssuer, ...]:
+def _issuers(text: str) -> tuple[ExternalIssuer, ...]:
     if not text.strip():
         return ()
     given = _json("GATEWAY_ISSUERS", text)

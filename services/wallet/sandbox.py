@@ -24,6 +24,7 @@ import secrets
 import time
 import urllib.error
 import urllib.request
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -88,10 +89,20 @@ def create_app(kept: Secrets, gateway_url: str) -> web.Application:
     """The sandbox provider's app, notifying the wallet through ``gateway_url``."""
     sandbox = _Sandbox(kept, gateway_url.rstrip("/"))
     app = web.Application()
+    app.cleanup_ctx.append(_session)
     app.router.add_post("/pay", sandbox.pay)
     app.router.add_post("/webhooks", sandbox.webhook)
     app.router.add_get("/readyz", sandbox.ready)
     return app
+
+
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+
+
+async def _session(app: web.Application) -> AsyncIterator[None]:
+    async with aiohttp.ClientSession() as session:
+        app[SESSION] = session
+        yield
 
 
 @dataclass(frozen=True)
@@ -110,7 +121,7 @@ class _Sandbox:
             "amount": order["amount"],
             "currency": order["currency"],
         }
-        status = await self._notify("payment.succeeded", data)
+        status = await self._notify(request.app[SESSION], "payment.succeeded", data)
         return web.json_response({"notified": status}, status=200 if status < 300 else 502)
 
     async def webhook(self, request: web.Request) -> web.Response:
@@ -127,20 +138,20 @@ class _Sandbox:
             return web.Response(status=401)
         event = json.loads(body)
         if event.get("type") == "refund.requested":
-            await self._notify("refund.succeeded", {"refund_id": event["data"]["refund_id"]})
+            refund = {"refund_id": event["data"]["refund_id"]}
+            await self._notify(request.app[SESSION], "refund.succeeded", refund)
         return web.Response(status=204)
 
-    async def _notify(self, event_type: str, data: dict[str, Any]) -> int:
+    async def _notify(
+        self, session: aiohttp.ClientSession, event_type: str, data: dict[str, Any]
+    ) -> int:
         """Send the wallet a signed notification; the wallet's HTTP status."""
         body = json.dumps({"type": event_type, "data": data}).encode()
         msg_id = f"msg_{secrets.token_hex(8)}"
         headers = standard_webhook_headers(self.kept.notifications, msg_id, int(time.time()), body)
         url = f"{self.gateway_url}/v1/wallet/providers/{SANDBOX}/notifications"
         headers["Content-Type"] = "application/json"
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(url, data=body, headers=headers) as answer,
-        ):
+        async with session.post(url, data=body, headers=headers) as answer:
             return answer.status
 
 

@@ -32,9 +32,10 @@ from services.wallet.ledger import (
 from shared import db
 from shared.config import PlatformConfig
 from shared.db import Connection, in_transaction
-from shared.service import BUS, POOL, Service, create_app, migrate
+from shared.service import Service, create_app, migrate
 from tests.conftest import service_env
 from tests.gateway_processes import WALLET_NAME, WALLET_TARGET
+from tests.integration.test_fares import charge
 from tests.support import ServiceProcess, eventually
 
 CNY = LEDGERS["CNY"]
@@ -81,16 +82,6 @@ async def fund_riders(pool: asyncpg.Pool) -> None:
     await in_transaction(pool, work)
 
 
-async def publish(transit: TestClient, fares: list[FareCharged]) -> None:
-    app = transit.server.app
-
-    async def work(conn: Connection) -> None:
-        for fare in fares:
-            await app[BUS].publish(conn, fare.rider, fare)
-
-    await in_transaction(app[POOL], work)
-
-
 def fares_of_round(n: int) -> list[FareCharged]:
     return [
         FareCharged(
@@ -116,7 +107,7 @@ async def test_fares_are_charged_exactly_once_when_the_wallet_is_killed_while_bo
         for n in range(ROUNDS):
             fares = fares_of_round(n)
             before = await operator_credit(ledger)
-            await publish(transit, fares)
+            await charge(transit, *fares)
             charged += fares
             # Let it start on this round, then cut it off wherever it is.
             await eventually(
