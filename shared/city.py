@@ -30,7 +30,7 @@ from typing import Literal
 from services.gateway import demo
 from services.wallet import sandbox
 from shared import service as services
-from shared.config import Env
+from shared.config import Env, OperatorError
 from shared.embedded import EmbeddedServers
 
 READY_TIMEOUT_S = 60.0
@@ -39,7 +39,7 @@ SANDBOX_URL = "CARDLESS_SANDBOX_URL"  # where `cardless sandbox pay` finds the d
 PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
-class StartError(Exception):
+class StartError(OperatorError):
     """The city could not start; one line saying why."""
 
 

@@ -16,28 +16,16 @@ from pathlib import Path
 import asyncpg
 from redis.exceptions import RedisError
 
-from services.gateway import demo
-from services.wallet import sandbox
-from shared import city, logs
+from shared import logs
 from shared import service as services
-from shared.config import ConfigError, Env, PlatformConfig
-from shared.db import MigrationError
-from shared.embedded import EmbeddedError
+from shared.config import Env, OperatorError, PlatformConfig
 from shared.ids import new_id
 
 # Failures an operator can fix: printed as one line, no traceback unless --debug.
-_EXPECTED = (
-    ConfigError,
-    EmbeddedError,
-    MigrationError,
-    city.StartError,
-    demo.DemoError,
-    sandbox.SandboxError,
-    LookupError,
-    OSError,
-    asyncpg.PostgresError,
-    RedisError,
-)
+_EXPECTED = (OperatorError, LookupError, OSError, asyncpg.PostgresError, RedisError)
+
+# Each command imports what it needs when it runs: `cardless serve`, which a supervisor
+# restarts after a crash, then starts without loading the demo city or the embedded servers.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,6 +47,8 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from shared import city
+
     logs.configure("cardless", "info")
     data_dir = args.data_dir or city.default_data_dir(os.environ)
     appendfsync = args.appendfsync or city.env_appendfsync(os.environ)
@@ -87,11 +77,15 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from services.gateway import demo
+
     print(demo.access_token(_data_dir(args), args.client, _gateway(args), args.scope), flush=True)
     return 0
 
 
 def _rider(args: argparse.Namespace) -> int:
+    from services.gateway import demo
+
     headers = {"Idempotency-Key": f'"{new_id()}"'} if args.method == "POST" else {}
     try:
         body = json.loads(args.json) if args.json else None
@@ -105,6 +99,9 @@ def _rider(args: argparse.Namespace) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    from services.wallet import sandbox
+    from shared import city
+
     if args.action == "serve":
         port = Env(os.environ).integer("PORT", 8090)
         sandbox.serve(_data_dir(args), _gateway(args), port)
@@ -118,6 +115,8 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
+    from shared import city
+
     return Path(args.data_dir or city.default_data_dir(os.environ))
 
 

