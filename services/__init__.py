@@ -5,5 +5,6 @@
 
 REGISTRY: dict[str, str] = {
     "gateway": "services.gateway.app:SERVICE",
+    "identity": "services.identity.app:SERVICE",
     "wallet": "services.wallet.app:SERVICE",
 }

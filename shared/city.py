@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Literal
 
 from services.gateway import demo
+from services.identity import holder
 from services.wallet import sandbox
 from shared import service as services
 from shared.config import Env, OperatorError
@@ -140,6 +141,8 @@ def _city_env(
         env["AUTH_JWKS_URL"] = f"http://127.0.0.1:{gateway_port}/.well-known/jwks.json"
     if not environ.get("GATEWAY_CLIENTS"):
         env["GATEWAY_CLIENTS"] = f"@{demo.registry(data_dir).resolve()}"
+    if not environ.get("IDENTITY_AGENCIES"):
+        env["IDENTITY_AGENCIES"] = json.dumps(holder.DEMO_AGENCIES)
     if with_sandbox and not environ.get("WALLET_PROVIDERS"):
         # The demo's sandbox provider: the wallet takes top-ups from it and sends it webhooks.
         env[SANDBOX_URL] = f"http://127.0.0.1:{free_port()}"

@@ -1,5 +1,5 @@
-"""The ``cardless`` command: up, serve, migrate, bench, and the demo city's parties (token,
-rider, sandbox)."""
+"""The ``cardless`` command: up, serve, migrate, bench, audit, and the demo city's parties
+(token, rider, sandbox, id-check)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,26 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _id_check(args: argparse.Namespace) -> int:
+    from services.identity import holder
+
+    print(json.dumps(holder.id_check(_data_dir(args), _gateway(args)), indent=2), flush=True)
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Walk identity's audit log; exit 1 naming the first bad entry."""
+    from services.identity import auditlog
+
+    database_url = Env(os.environ).url("DATABASE_URL", ("postgresql", "postgres"))
+    finding = asyncio.run(auditlog.verify_database(database_url))
+    if finding is None:
+        print("audit log verified: every entry chained, in the tree, and under its checkpoints")
+        return 0
+    print(f"audit log TAMPERED at entry {finding.seq}: {finding.problem}: {finding.detail}")
+    return 1
+
+
 def _data_dir(args: argparse.Namespace) -> Path:
     from shared import city
 
@@ -179,7 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--currency", default="CNY")
     pay.set_defaults(run=_sandbox)
 
-    for demo_command in (token, rider, pay):
+    id_check = commands.add_parser(
+        "id-check", help="the demo's ID check: registry issues, agency asks, phone answers"
+    )
+    id_check.set_defaults(run=_id_check)
+
+    audit = commands.add_parser("audit", help="identity's audit log (needs DATABASE_URL)")
+    audit.add_argument("action", choices=["verify"])
+    audit.set_defaults(run=_audit)
+
+    for demo_command in (token, rider, pay, id_check):
         demo_command.add_argument("--gateway", help="the gateway (default http://127.0.0.1:8080)")
         demo_command.add_argument("--data-dir", help="where `up` keeps the demo keys")
 

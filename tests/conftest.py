@@ -18,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from services.gateway.app import SERVICE as GATEWAY
+from services.identity.app import SERVICE as IDENTITY
 from services.wallet.app import SERVICE as WALLET
 from shared import db
 from shared.city import Servers
@@ -80,6 +81,14 @@ async def notes(config: PlatformConfig) -> Service:
 async def wallet_service(config: PlatformConfig, namespace: str) -> Service:
     """The wallet under this test's own schema, migrated."""
     service = dataclasses.replace(WALLET, name=f"wallet_{namespace}")
+    await migrate(service, config.database_url)
+    return service
+
+
+@pytest.fixture
+async def identity_service(config: PlatformConfig, namespace: str) -> Service:
+    """Identity under this test's own schema, migrated."""
+    service = dataclasses.replace(IDENTITY, name=f"identity_{namespace}")
     await migrate(service, config.database_url)
     return service
 

@@ -31,11 +31,11 @@ from jwt.algorithms import OKPAlgorithm
 from services.gateway.app import PARTS, add_routes
 from services.gateway.clients import Client, parse_clients
 from services.gateway.config import ExternalIssuer, GatewayConfig
-from services.gateway.keyring import jwk_thumbprint
 from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS, JWT_BEARER
 from services.wallet import handlers as wallet_handlers
 from services.wallet.config import WalletConfig
 from shared.config import AuthConfig, PlatformConfig
+from shared.keyring import jwk_thumbprint
 from shared.service import Service, create_app
 from tests.support import free_port
 

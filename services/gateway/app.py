@@ -30,7 +30,6 @@ from services.gateway import docs, openapi
 from services.gateway.access import Admitted, Gatekeeper
 from services.gateway.catalog import Catalog
 from services.gateway.config import GatewayConfig
-from services.gateway.keyring import Keyring, RotationPolicy
 from services.gateway.proxy import Forwarder, ProxyMetrics, Upstreams
 from services.gateway.ratelimit import RateLimiter, RateLimitUnavailable, headers
 from services.gateway.resilience import InFlightLimit, RetryBudget, shedding
@@ -40,6 +39,7 @@ from shared import context, http
 from shared.auth import RemoteJwks, StaticKeys, TokenVerifier
 from shared.clock import Clock, every
 from shared.config import AuthConfig, ConfigError
+from shared.keyring import Keyring, RotationPolicy
 from shared.keys import Keys
 from shared.service import CLOCK, CONFIG, POOL, REDIS, Service
 

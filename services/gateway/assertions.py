@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from services.gateway.clients import Client
-from services.gateway.keyring import jwk_thumbprint
 from shared.auth import MAX_TOKEN_CHARS, PINNED, Unauthenticated
+from shared.keyring import jwk_thumbprint
 
 DPOP_TYP = "dpop+jwt"
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}  # RFC 6749 §5.1

@@ -39,6 +39,7 @@ DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "city-finance": ("operator", ("wallet:finance",)),
     "sandbox": ("provider", ("wallet:settlement",)),  # the provider of `cardless sandbox`
     "city-agency": ("agency", ("identity:verify",)),
+    "city-registry": ("operator", ("identity:issue", "identity:admin")),
     "station-0001": ("gate", ("transit:taps",)),
 }
 
@@ -128,13 +129,9 @@ def rider_call(
     """One request of the rider's phone through the gateway: sign in, then call with a DPoP
     proof; the answer's status and JSON body."""
     gateway_url = gateway_url.rstrip("/")
-    key = _key(_phone_key_path(data_dir))
-    jwk = {**json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())), "alg": "EdDSA"}
-    token_url = f"{gateway_url}/oauth/token"
+    token, key = _rider_token(data_dir, gateway_url)
+    jwk = _rider_jwk(key)
     now = int(time.time())
-    sign_in = {"aud": token_url, "iat": now, "exp": now + 60, "jti": str(new_id())}
-    assertion = jwt.encode(sign_in, key, algorithm="EdDSA", headers={"jwk": jwk})
-    token = _token(token_url, {"grant_type": JWT_BEARER, "assertion": assertion})
     url = gateway_url + path
     proof_claims = {"htm": method, "htu": url, "iat": now, "jti": str(new_id())}
     proof_claims["ath"] = access_token_hash(token)
@@ -144,7 +141,28 @@ def rider_call(
     data = None
     if body is not None:
         data, sent["Content-Type"] = json.dumps(body).encode(), "application/json"
-    return _call(urllib.request.Request(url, data=data, headers=sent, method=method))  # noqa: S310
+    return call(urllib.request.Request(url, data=data, headers=sent, method=method))  # noqa: S310
+
+
+def _rider_token(data_dir: Path, gateway_url: str) -> tuple[str, Ed25519PrivateKey]:
+    """Sign in as the rider's phone: a JWT-bearer assertion signed by its key."""
+    key = _key(_phone_key_path(data_dir))
+    token_url = f"{gateway_url}/oauth/token"
+    now = int(time.time())
+    sign_in = {"aud": token_url, "iat": now, "exp": now + 60, "jti": str(new_id())}
+    assertion = jwt.encode(sign_in, key, algorithm="EdDSA", headers={"jwk": _rider_jwk(key)})
+    return _token(token_url, {"grant_type": JWT_BEARER, "assertion": assertion}), key
+
+
+def _rider_jwk(key: Ed25519PrivateKey) -> dict[str, Any]:
+    return {**json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key())), "alg": "EdDSA"}
+
+
+def rider_subject(data_dir: Path, gateway_url: str) -> str:
+    """The demo rider's pseudonymous id at the gateway (its sign-in's subject)."""
+    token, _ = _rider_token(data_dir, gateway_url.rstrip("/"))
+    subject: str = jwt.decode(token, options={"verify_signature": False})["sub"]
+    return subject
 
 
 def _phone_key_path(data_dir: Path) -> Path:
@@ -157,14 +175,15 @@ def _token(token_url: str, form: dict[str, str]) -> str:
     request = urllib.request.Request(  # noqa: S310 - the URL is the operator's own gateway
         token_url, data=urllib.parse.urlencode(form).encode(), method="POST"
     )
-    status, answer = _call(request)
+    status, answer = call(request)
     if status != 200:
         raise DemoError(f"the gateway refused a token: {answer}")
     token: str = answer["access_token"]
     return token
 
 
-def _call(request: urllib.request.Request) -> tuple[int, Any]:
+def call(request: urllib.request.Request) -> tuple[int, Any]:
+    """Send a request; its status and JSON body (text if not JSON); DemoError if unreachable."""
     try:
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
             return response.status, json.load(response)

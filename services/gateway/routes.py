@@ -40,6 +40,7 @@ class Route:
 
 
 W = "/v1/wallet"
+ID = "/v1/identity"
 STATEMENT = "/{day}.{format:csv|json}"
 
 ROUTES: tuple[Route, ...] = (
@@ -79,4 +80,18 @@ ROUTES: tuple[Route, ...] = (
         ("wallet:finance",),
         timeout_s=30.0,
     ),
+    # Identity: the issuer's public documents, the registry office, agencies, citizens.
+    Route("GET", f"{ID}/openapi.json", "identity", None),
+    Route("GET", f"/.well-known/jwt-vc-issuer{ID}", "identity", None, rate_class="read"),
+    Route("GET", f"{ID}/types/city-id", "identity", None, rate_class="read"),
+    Route("GET", f"{ID}/status-lists/{{list_id}}", "identity", None, rate_class="read"),
+    Route("GET", f"{ID}/audit/checkpoint", "identity", None, rate_class="read"),
+    Route("POST", f"{ID}/credentials", "identity", ("identity:issue",)),
+    Route("GET", f"{ID}/credentials/{{credential_id}}", "identity", ("identity:admin",)),
+    Route("POST", f"{ID}/credentials/{{credential_id}}/status", "identity", ("identity:admin",)),
+    Route("POST", f"{ID}/requests", "identity", ("identity:verify",)),
+    Route("GET", f"{ID}/requests/{{request_id}}", "identity", ("identity:verify",)),
+    # The citizen's phone answers a request: its key-binding JWT is the proof, not a token.
+    Route("POST", f"{ID}/presentations", "identity", None, max_body_bytes=32 * KIB),
+    Route("GET", f"{ID}/audit", "identity", ("identity:holder",), rate_class="read"),
 )

@@ -37,10 +37,10 @@ from services.gateway.assertions import (
     verify_dpop_proof,
 )
 from services.gateway.clients import RIDER_APP, Client
-from services.gateway.keyring import Keyring
 from shared.auth import Unauthenticated
 from shared.clock import Clock
 from shared.ids import new_id
+from shared.keyring import Keyring
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from tests.support import REPO, eventually, free_port
 START_TIMEOUT_S = 120
 NOTES = "tests.platform_app:SERVICE"
 # The whole city of the README: the gateway in front of the wallet (and the platform's notes).
-CITY = (NOTES, "wallet", "gateway")
+CITY = (NOTES, "wallet", "identity", "gateway")
 
 
 class City:
@@ -113,7 +113,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
             for name, url in city.urls.items()
             if name not in ("redis", "postgres", "ready")
         }
-        assert set(services) == {"notes", "wallet", "gateway", "sandbox"}
+        assert set(services) == {"notes", "wallet", "identity", "gateway", "sandbox"}
         for url in services.values():
             async with http.get(f"{url}/readyz") as response:
                 assert response.status == 200
@@ -122,6 +122,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
             note_id = (await response.json())["id"]
         await the_readmes_first_request_works(http, services["gateway"], tmp_path / "city")
         await a_rider_tops_up_through_the_sandbox(services["gateway"], tmp_path / "city")
+        await an_agency_checks_the_demo_citizens_id(services["gateway"], tmp_path / "city")
         assert await city.interrupt() == 0
 
     async with City(tmp_path / "city") as again, aiohttp.ClientSession() as http:
@@ -172,6 +173,20 @@ async def a_rider_tops_up_through_the_sandbox(gateway: str, data_dir: Path) -> N
         lambda now: now == {"currency": "CNY", "available": 1000, "held": 0},
         what="the refund settled by the sandbox",
     )
+
+
+async def an_agency_checks_the_demo_citizens_id(gateway: str, data_dir: Path) -> None:
+    """The README's ID check: the registry issues the demo citizen an ID bound to a phone key,
+    the agency asks for two claims, the phone answers, the agency reads exactly those; the
+    citizen (signed in as the demo rider) finds the check in their log."""
+    seen = json.loads(await cardless("id-check", gateway=gateway, data_dir=data_dir))
+    assert seen["phone"]["status"] == 200, seen
+    assert seen["agency"]["state"] == "verified"
+    assert seen["agency"]["claims"] == {"age_over_18": True, "resident": True}
+    log = json.loads(await rider(gateway, data_dir, "GET", "/v1/identity/audit"))
+    [entry] = log["entries"]
+    assert (entry["agency"], entry["result"]) == ("city-agency", "verified")
+    assert entry["claims"] == ["age_over_18", "resident"]
 
 
 async def rider(gateway: str, data_dir: Path, method: str, path: str, body: str = "") -> str:

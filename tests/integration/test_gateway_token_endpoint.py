@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from services.gateway.clients import parse_clients
-from services.gateway.keyring import Keyring, RotationPolicy, jwk_thumbprint
 from services.gateway.tokens import (
     CLIENT_ASSERTION_TYPE,
     JWT_BEARER,
@@ -37,6 +36,7 @@ from services.gateway.tokens import (
 )
 from shared.auth import Principal, TokenVerifier, Unauthenticated, parse_jwks
 from shared.config import AuthConfig
+from shared.keyring import Keyring, RotationPolicy, jwk_thumbprint
 
 TOKEN_URL = "https://gateway.test/oauth/token"
 API_URL = "https://gateway.test/wallet/balance"

@@ -25,9 +25,9 @@ from services.gateway.assertions import (
     same_resource,
 )
 from services.gateway.clients import ClientsError, parse_clients
-from services.gateway.keyring import RotationPolicy, jwk_thumbprint, plan_signing_periods
 from services.gateway.tokens import TokenSettings
 from shared.auth import Unauthenticated
+from shared.keyring import RotationPolicy, jwk_thumbprint, plan_signing_periods
 
 NOW = datetime(2030, 1, 1, 8, 30, tzinfo=UTC)
 SETTINGS = TokenSettings(token_url="https://gateway.test/oauth/token")

@@ -13,10 +13,10 @@ import asyncpg
 import jwt
 import pytest
 
-from services.gateway.keyring import Keyring, NoSigningKey, RotationPolicy
 from shared import db
 from shared.auth import TokenVerifier, Unauthenticated, parse_jwks
 from shared.config import AuthConfig, PlatformConfig
+from shared.keyring import Keyring, NoSigningKey, RotationPolicy
 from shared.service import Service
 
 POLICY = RotationPolicy(sign_for_s=3600, publish_ahead_s=600, token_ttl_s=300, leeway_s=30)

@@ -1,4 +1,5 @@
-"""The gateway's signing keys: kept in PostgreSQL so every replica signs with the same key and
+"""A service's signing keys (the gateway's for access tokens, identity's for credentials):
+kept in its schema's ``signing_keys`` table, so every replica signs with the same key and
 publishes the same JWKS, rotated on a schedule.
 
 Each key is published ``publish_ahead_s`` before it starts signing (so services caching the
@@ -34,6 +35,12 @@ Period = tuple[datetime, datetime]
 _THUMBPRINT_MEMBERS = {"OKP": ("crv", "kty", "x"), "EC": ("crv", "kty", "x", "y")}
 # Two-key advisory locks live apart from the one-key lock the migration runner takes.
 _LOCK_CLASS = 0x6B657973  # "keys"
+
+
+_SELECT = (
+    "SELECT kid, algorithm, private_pkcs8, signs_from, signs_until, published_until"
+    " FROM signing_keys ORDER BY signs_from"
+)
 
 
 class NoSigningKey(RuntimeError):
@@ -107,7 +114,7 @@ class _Key:
 
 
 class Keyring:
-    """The signing keys of the gateway's schema, as of the last ``refresh()``."""
+    """The signing keys of the pool's schema, as of the last ``refresh()``."""
 
     def __init__(self, pool: asyncpg.Pool, clock: Clock, policy: RotationPolicy) -> None:
         self._pool, self._clock, self.policy = pool, clock, policy
@@ -121,6 +128,11 @@ class Keyring:
         now = self._clock.now()
         rows = await in_transaction(self._pool, lambda conn: self._ensure(conn, now))
         self._keys = tuple(_key(row) for row in rows)
+
+    async def load(self) -> None:
+        """Load the keys as they are, creating none: for readers, such as an audit."""
+        async with self._pool.acquire() as conn:
+            self._keys = tuple(_key(row) for row in await conn.fetch(_SELECT))
 
     def sign(self, claims: dict[str, Any], *, typ: str = "at+jwt") -> str:
         """``claims`` as a JWS by the key signing now; its ``exp`` may not outlive the key's
@@ -159,10 +171,7 @@ class Keyring:
         periods = [(row["signs_from"], row["signs_until"]) for row in existing]
         for signs_from, signs_until in plan_signing_periods(periods, now, self.policy):
             await _create(conn, self.policy, signs_from, signs_until)
-        return await conn.fetch(
-            "SELECT kid, algorithm, private_pkcs8, signs_from, signs_until, published_until"
-            " FROM signing_keys ORDER BY signs_from"
-        )
+        return await conn.fetch(_SELECT)
 
 
 async def _create(

@@ -1,0 +1,1 @@
+"""Identity: the city's digital ID as SD-JWT VC credentials, presented to agencies."""
