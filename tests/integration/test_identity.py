@@ -16,6 +16,11 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwcrypto.jwk import JWK
+from sd_jwt.common import SDObj
+from sd_jwt.holder import SDJWTHolder
+from sd_jwt.issuer import SDJWTIssuer
+from sd_jwt.verifier import SDJWTVerifier
 
 from services.identity import audit, auditlog, holder, statuslist
 from services.identity.credentials import public_jwk
@@ -25,6 +30,10 @@ from shared.service import POOL, Service, create_app
 from tests.support import eventually
 
 GATEWAY_KEY = Ed25519PrivateKey.generate()
+# A second issuer the city trusts (IDENTITY_TRUSTED_ISSUERS): the reference library issues
+# with its key, as another authority's software would.
+PEER_ISSUER, PEER_KID = "https://peer-issuer.example", "peer-2026"
+PEER_KEY = JWK.generate(kty="EC", crv="P-256", kid=PEER_KID)
 PURPOSE = holder.DEMO_PURPOSE
 AGENCIES = {
     "city-agency": {"claims": ["age_over_18", "resident", "address.locality"],
@@ -66,6 +75,8 @@ async def api(
     monkeypatch.setenv("IDENTITY_STATUS_LIST_SIZE", "4096")
     monkeypatch.setenv("IDENTITY_STATUS_REFRESH_S", "1")
     monkeypatch.setenv("IDENTITY_CHECKPOINT_S", "1")
+    peer_jwks = {"keys": [{**json.loads(PEER_KEY.export_public()), "alg": "ES256"}]}
+    monkeypatch.setenv("IDENTITY_TRUSTED_ISSUERS", json.dumps({PEER_ISSUER: peer_jwks}))
     with_auth = dataclasses.replace(config, auth=AuthConfig(jwks=keys))
     async with TestClient(TestServer(create_app(identity_service, with_auth))) as client:
         yield client
@@ -84,8 +95,8 @@ async def issue(api: TestClient, subject: str | None = "rider-7") -> Phone:
     key = ec.generate_private_key(ec.SECP256R1())
     body = {"citizen": CITIZEN, "holder_jwk": public_jwk(key.public_key()),
             "holder_subject": subject}  # fmt: skip
-    response = await api.post("/v1/identity/credentials", json=body,
-                              headers={**registry(), "Idempotency-Key": f'"{time.time_ns()}"'})  # fmt: skip
+    once = {"Idempotency-Key": f'"{time.time_ns()}"'}
+    response = await api.post("/v1/identity/credentials", json=body, headers={**registry(), **once})
     assert response.status == 201, await response.text()
     issued = await response.json()
     return Phone(key, issued["credential"], issued["credential_id"])
@@ -405,3 +416,81 @@ async def test_tampering_with_the_audit_log_is_found_and_named(
     finding = await auditlog.verify_database(config.database_url, schema)
     assert finding is not None
     assert (finding.seq, finding.problem) == (1, "changed")
+
+
+async def test_our_credential_and_presentation_verify_in_the_reference_library(
+    api: TestClient,
+) -> None:
+    phone = await issue(api)
+    request = await authorization(api, [["age_over_18"], ["address", "locality"]])
+    body = holder.answer(request, phone.credential, phone.key, int(time.time()))
+    [presentation] = body["vp_token"]["city_id"]
+    metadata = await (await api.get("/.well-known/jwt-vc-issuer/v1/identity")).json()
+    keys = {k["kid"]: JWK(**k) for k in metadata["jwks"]["keys"]}
+    peer = SDJWTVerifier(
+        presentation,
+        lambda iss, header: keys[header["kid"]],
+        expected_aud=request["client_id"],
+        expected_nonce=request["nonce"],
+    )
+    claims = peer.get_verified_payload()
+    assert claims["age_over_18"] is True
+    assert claims["address"] == {"locality": "Tianhe"}
+    assert not {"given_name", "birthdate"} & claims.keys()
+    assert (await answer(api, body))[0] == 200
+    assert (await result(api, request["state"]))["claims"] == {
+        "age_over_18": True, "address": {"locality": "Tianhe"}
+    }  # fmt: skip
+
+
+def _peer_credential(phone: ec.EllipticCurvePrivateKey, status: Any = None) -> str:
+    """A city ID made by the reference library, signed with the trusted peer's key."""
+    now = int(time.time())
+    claims: dict[Any, Any] = {
+        "iss": PEER_ISSUER, "vct": "https://city.example/v1/identity/types/city-id",
+        "iat": now, "exp": now + 3600, SDObj("age_over_18"): True,
+        SDObj("given_name"): "李", SDObj("resident"): True,
+    }  # fmt: skip
+    if status is not None:
+        claims["status"] = status
+    holder_key = JWK.from_pyca(phone.public_key())
+    issued = SDJWTIssuer(
+        claims, PEER_KEY, holder_key,
+        extra_header_parameters={"typ": "dc+sd-jwt", "kid": PEER_KID},
+    )  # fmt: skip
+    return str(issued.sd_jwt_issuance)
+
+
+def _peer_answer(
+    request: dict[str, Any], credential: str, phone: ec.EllipticCurvePrivateKey
+) -> dict[str, Any]:
+    wallet = SDJWTHolder(credential)
+    wallet.create_presentation(
+        {"age_over_18": True}, request["nonce"], request["client_id"], JWK.from_pyca(phone)
+    )
+    return {"state": request["state"], "vp_token": {"city_id": [wallet.sd_jwt_presentation]}}
+
+
+async def test_a_trusted_issuers_credential_presented_by_the_reference_holder_verifies(
+    api: TestClient,
+) -> None:
+    phone = ec.generate_private_key(ec.SECP256R1())
+    request = await authorization(api, [["age_over_18"]])
+    status, problem = await answer(api, _peer_answer(request, _peer_credential(phone), phone))
+    assert status == 200, problem
+    assert (await result(api, request["state"]))["claims"] == {"age_over_18": True}
+    # Its citizen is the holder key's thumbprint: another issuer's subject is not ours to name.
+    [citizen] = await api.app[POOL].fetch("SELECT citizen FROM audit_log")
+    assert citizen[0].startswith("jkt:")
+
+
+async def test_a_status_reference_past_the_end_of_our_list_is_refused(api: TestClient) -> None:
+    await issue(api)  # opens list 1, of IDENTITY_STATUS_LIST_SIZE entries
+    first_list = "https://city.example/v1/identity/status-lists/1"
+    await eventually(lambda: listed_status(api, {"uri": first_list, "idx": 0}), lambda s: s == 0)
+    beyond = {"status_list": {"idx": 4096, "uri": first_list}}
+    phone = ec.generate_private_key(ec.SECP256R1())
+    request = await authorization(api, [["age_over_18"]])
+    credential = _peer_credential(phone, beyond)
+    status, problem = await answer(api, _peer_answer(request, credential, phone))
+    assert (status, problem["reason"]) == (400, "status_unavailable")

@@ -27,6 +27,7 @@ from sd_jwt.verifier import SDJWTVerifier
 
 from services.identity.sdjwt import (
     IssuerKey,
+    IssuerKeys,
     Policy,
     Rejected,
     Verified,
@@ -72,7 +73,7 @@ def public_jwk(key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
     return jwk
 
 
-def only(key: IssuerKey, kid: str) -> Any:
+def only(key: IssuerKey, kid: str) -> IssuerKeys:
     """Our resolver for one issuer key, found by the kid the credential names."""
     return lambda header, payload: key if header.get("kid") == kid else None
 
@@ -204,14 +205,13 @@ def reference_credential(issuer: JWK, wallet: JWK, *, sign_alg: str) -> str:
 def test_a_reference_issuers_credential_verifies_here_with_non_ascii_values(
     algorithm: str,
 ) -> None:
-    wallet = JWK.generate(kty="EC", crv="P-256")
-    if algorithm == "EdDSA":
-        private: Any = Ed25519PrivateKey.generate()
-        issuer = JWK.from_pyca(private)
-    else:
-        private = ec.generate_private_key(ec.SECP256R1())
-        issuer = JWK.from_pyca(private)
-    presentation = reference_credential(issuer, wallet, sign_alg=algorithm)
+    wallet = JWK.generate(kty="EC", crv="P-256")  # the reference pins KB-JWTs to ES256
+    private: Any = (
+        Ed25519PrivateKey.generate()
+        if algorithm == "EdDSA"
+        else ec.generate_private_key(ec.SECP256R1())
+    )
+    presentation = reference_credential(JWK.from_pyca(private), wallet, sign_alg=algorithm)
     keys = only(IssuerKey(private.public_key(), algorithm), KID)
     verified = verify(
         presentation, issuer_keys=keys, nonce=NONCE, audience=AUDIENCE, now=int(time.time())
@@ -238,10 +238,8 @@ def reference_settings() -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(path.name for path in CASES.iterdir() if path.is_dir()))
 def test_the_reference_test_cases_issued_and_presented_there_verify_here(name: str) -> None:
-    settings, case = (
-        reference_settings(),
-        load_yaml_specification(CASES / name / "specification.yml"),
-    )
+    settings = reference_settings()
+    case = load_yaml_specification(CASES / name / "specification.yml")
     keys = settings["key_settings"]
     issuer, wallet = JWK(**keys["issuer_keys"][0]), JWK(**keys["holder_key"])
     key_binding = case.get("key_binding", False)

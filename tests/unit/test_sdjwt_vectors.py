@@ -4,6 +4,7 @@ and every derived attack in negative/cases.json is refused for the reason we nam
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
@@ -23,8 +24,10 @@ from services.identity.sdjwt import (
     Policy,
     Rejected,
     Verified,
+    conceal,
     disclosure,
     issuance,
+    present,
     process,
     sd_hash,
     verify,
@@ -92,22 +95,20 @@ def trusting(jwk: Mapping[str, Any]) -> IssuerKeys:
     return lambda header, payload: issuer_key
 
 
-def verify_vector(case: dict[str, Any], presentation: str, **policy: Any) -> Verified:
+def verify_vector(case: dict[str, Any], presentation: str, **changes: Any) -> Verified:
     """Verify as the vector says: its key, nonce, audience and time; VC rules for dc+sd-jwt."""
     given = case["verify_with"]
+    policy = Policy(
+        require_key_binding=given["key_binding_required"],
+        require_vc=case["issuer_signed_jwt_header"]["typ"] == "dc+sd-jwt",
+    )
     return verify(
         presentation,
         issuer_keys=trusting(case["issuer_public_jwk"]),
         nonce=given.get("expected_nonce"),
         audience=given.get("expected_aud"),
         now=given["verification_time"],
-        policy=Policy(
-            **{
-                "require_key_binding": given["key_binding_required"],
-                "require_vc": case["issuer_signed_jwt_header"]["typ"] == "dc+sd-jwt",
-                **policy,
-            }
-        ),
+        policy=dataclasses.replace(policy, **changes),
     )
 
 
@@ -468,3 +469,76 @@ def test_the_credential_validity_allows_the_policys_clock_leeway() -> None:
         policy=Policy(require_key_binding=False, require_vc=False),
     )
     assert verified.claims["exp"] == late
+
+
+# -- The issuer and the holder ---------------------------------------------------------------
+
+CLAIMS = {
+    "iss": "https://id.cardless.example",
+    "vct": "https://credentials.cardless.example/city_id",
+    "status": {"status_list": {"idx": 7, "uri": "https://id.cardless.example/statuslists/1"}},
+    "given_name": "Jun",
+    "address": {"locality": "Tianhe", "country": "CN"},
+}
+
+
+def test_the_issuer_hides_nested_paths_recursively_among_sorted_digests_and_decoys() -> None:
+    paths = [("given_name",), ("address",), ("address", "locality")]
+    payload, disclosures = conceal(CLAIMS, paths, decoys=3)
+    assert [d.name for d in disclosures] == ["given_name", "locality", "address"]
+    assert payload["_sd"] == sorted(payload["_sd"])
+    assert len(payload["_sd"]) == 2 + 3
+    assert {d.digest for d in disclosures} - set(payload["_sd"]) == {disclosures[1].digest}
+    assert disclosures[2].value == {"country": "CN", "_sd": [disclosures[1].digest]}
+    assert payload["_sd_alg"] == "sha-256"
+    assert {"given_name", "address"}.isdisjoint(payload)
+    encoded = [d.encoded for d in disclosures]
+    assert process(payload, encoded) == CLAIMS
+
+
+@pytest.mark.parametrize(
+    "path",
+    [("vct",), ("status",), ("iss",), ("nickname",), ("address", "postal_code"), ()],
+    ids=["vct", "status", "iss", "absent", "absent-nested", "empty"],
+)
+def test_the_issuer_refuses_to_conceal_a_protected_or_absent_claim(path: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="disclosable"):
+        conceal(CLAIMS, [path])
+
+
+def test_our_holder_presents_the_specifications_issuance_with_only_the_chosen_claims() -> None:
+    case = vector("rfc9901/s5-simple.json")
+    given = case["verify_with"]
+    nonce, aud, now = given["expected_nonce"], given["expected_aud"], given["verification_time"]
+    presentation = present(
+        case["sd_jwt_issuance"],
+        [("given_name",), ("family_name",), ("address",)],
+        holder_key=private_key("rfc9901-holder"),
+        nonce=nonce,
+        audience=aud,
+        iat=now,
+    )
+    verified = verify_vector(case, presentation)
+    # The RFC's own presentation also discloses one nationality, an array element: our holder
+    # discloses object members only, so the array arrives with every element withheld.
+    assert verified.claims == {**case["expected"]["processed_payload"], "nationalities": []}
+    assert verified.key_bound
+
+
+@pytest.mark.parametrize(
+    "path",
+    [("nickname",), ("address", "postal_code"), ("iss", "x"), (), ("nationalities", 0)],
+    ids=["absent", "absent-inside-a-disclosure", "inside-a-string", "empty", "array-index"],
+)
+def test_the_holder_refuses_to_present_a_claim_the_credential_does_not_have(
+    path: tuple[Any, ...],
+) -> None:
+    case = vector("rfc9901/s5-simple.json")
+    with pytest.raises(ValueError, match="claim"):
+        present(case["sd_jwt_issuance"], [path], holder_key=None, nonce=None, audience=None, iat=0)
+
+
+def test_the_holder_takes_an_issuance_not_a_presentation() -> None:
+    case = vector("rfc9901/s5-simple.json")
+    with pytest.raises(ValueError, match="issuance"):
+        present(case["sd_jwt_presentation"], [], holder_key=None, nonce=None, audience=None, iat=0)
