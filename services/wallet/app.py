@@ -12,10 +12,10 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from services.wallet import consumers, finance, handlers, openapi
+from services.wallet import consumers, finance, handlers, openapi, refunds
 from services.wallet.config import WalletConfig
 from services.wallet.events import wallet_events
-from services.wallet.topups import Provider
+from services.wallet.topups import Provider, RefundSettled
 from services.wallet.webhooks import Backoff, WebhookSender
 from services.wallet.writer import LedgerWriter
 from shared.clock import every
@@ -75,7 +75,14 @@ async def _ledger_writer(app: web.Application) -> AsyncIterator[None]:
 async def _webhook_sender(app: web.Application) -> AsyncIterator[None]:
     settings = app[handlers.SETTINGS]
     backoff = Backoff(base_s=settings.webhook_backoff_s, attempts=settings.webhook_attempts)
-    sender = WebhookSender(app[POOL], dict(settings.providers), app[CLOCK], backoff)
+    publish = app[BUS].publish_many
+
+    async def settle(conn: Connection, provider: Provider, answer: RefundSettled) -> str:
+        return await refunds.settle(conn, provider, answer, publish)
+
+    sender = WebhookSender(
+        app[POOL], dict(settings.providers), app[CLOCK], backoff, on_refund=settle
+    )
     stopping = asyncio.Event()
     task = asyncio.create_task(sender.run(stopping), name="webhook-sender")
     yield

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -218,16 +220,38 @@ def verify_alipay_notification(
     raise SignatureError("no matching signature")
 
 
-def sign_alipay_notification(
+def sign_alipay(
     params: Mapping[str, str], private_key: str, *, keep_sign_type: bool = False
 ) -> dict[str, str]:
-    """Sign a notification as Alipay does; returns the form with `sign_type` and `sign` set."""
+    """Sign a form the Alipay way; returns it with `sign_type` and `sign` set: a notification
+    as Alipay signs it, or (``keep_sign_type``) an OpenAPI request as its merchants sign them."""
     form = {name: value for name, value in params.items() if name not in ("sign", "sign_type")}
     form["sign_type"] = ALIPAY_SIGN_TYPE
     content = alipay_signed_content(form, keep_sign_type=keep_sign_type).encode()
     signature = _rsa_private_key(private_key).sign(content, padding.PKCS1v15(), hashes.SHA256())
     form["sign"] = base64.b64encode(signature).decode()
     return form
+
+
+def verify_alipay_response(
+    text: str, node: str, public_keys: str | Sequence[str]
+) -> dict[str, Any]:
+    """The ``node`` of an OpenAPI answer (``{"<node>": {...}, "sign": "..."}``), once its
+    signature, over that node's exact text as received, checks with one of Alipay's keys."""
+    keys = _rsa_public_keys(_as_tuple(public_keys))
+    try:
+        answer = json.loads(text)
+        start = text.index("{", text.index(f'"{node}"') + len(node) + 2)
+        body, end = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        raise SignatureError(f"not an answer with {node}") from None
+    signature = _b64decode_or_empty(answer.get("sign", "")) if isinstance(answer, dict) else b""
+    if not signature or not isinstance(body, dict):
+        raise SignatureError("unsigned answer")
+    content = text[start:end].encode()
+    if not any(_valid(key, signature, content) for key in keys):
+        raise SignatureError("no matching signature")
+    return body
 
 
 def _rsa_public_keys(texts: tuple[str, ...]) -> list[rsa.RSAPublicKey]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from services.wallet import store, webhooks
 from services.wallet.events import Publish
@@ -61,7 +62,7 @@ async def request(
         raise RefundRefused("no such top-up", 404)
     if order["status"] != "paid":
         raise RefundRefused("the top-up has not been paid")
-    if provider.webhook_url is None:
+    if not provider.takes_refund_requests:
         raise RefundRefused(f"{provider.name} takes no refund requests from us")
     if amount.currency != order["currency"].strip():
         raise RefundRefused(f"the top-up was in {order['currency']}")
@@ -88,19 +89,29 @@ async def request(
     if outcome.result is not Result.CREATED:
         raise RuntimeError(f"the ledger refused a refund hold: {outcome.result}")
     await store.create_refund(conn, refund_id, order_id, amount.minor, hold.id)
-    await webhooks.enqueue(
-        conn,
-        provider,
-        "refund.requested",
-        {
-            "refund_id": str(refund_id),
-            "order_id": str(order_id),
-            "provider_reference": order["provider_reference"],
-            "amount": amount.to_decimal_string(),
-            "currency": amount.currency,
-        },
-    )
+    await webhooks.enqueue(conn, provider, *_asking(provider, order, refund_id, amount))
     return Refund(refund_id, order_id, amount, "requested")
+
+
+def _asking(
+    provider: Provider, order: Any, refund_id: uuid.UUID, amount: Money
+) -> tuple[str, dict[str, str]]:
+    """What we send the provider: a signed ``refund.requested`` webhook, or Alipay's
+    ``alipay.trade.refund`` call, whose ``out_request_no`` makes a retry the same refund."""
+    if provider.scheme == "alipay-rsa2":
+        return webhooks.ALIPAY_REFUND, {
+            "out_trade_no": str(order["id"]),
+            "trade_no": order["provider_reference"],
+            "out_request_no": str(refund_id),
+            "refund_amount": amount.to_decimal_string(),
+        }
+    return "refund.requested", {
+        "refund_id": str(refund_id),
+        "order_id": str(order["id"]),
+        "provider_reference": order["provider_reference"],
+        "amount": amount.to_decimal_string(),
+        "currency": amount.currency,
+    }
 
 
 async def settle(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -66,6 +66,16 @@ class Provider:
     """Where we send this provider our webhooks (refund requested, settlement ready)."""
     outgoing_keys: providers.StandardWebhooksKeys | None = None
     """The secrets we sign those webhooks with: several during a rotation."""
+    gateway_url: str | None = None
+    """Alipay: its OpenAPI gateway, where we ask for refunds (``alipay.trade.refund``)."""
+    app_private_key: str | None = field(default=None, repr=False)
+    """Alipay: our application's RSA key, which signs what we ask the gateway."""
+
+    @property
+    def takes_refund_requests(self) -> bool:
+        if self.scheme == "alipay-rsa2":
+            return self.gateway_url is not None
+        return self.webhook_url is not None
 
     @property
     def clearing_account(self) -> uuid.UUID:
@@ -198,6 +208,8 @@ class _ProviderSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tolerance_s: int = 300
     webhook_url: str | None = None
     outgoing_secrets: tuple[str, ...] = ()
+    gateway_url: str | None = None
+    app_private_key: str | None = None
 
 
 def parse_providers(text: str) -> tuple[Provider, ...]:
@@ -215,6 +227,12 @@ def _provider(name: str, spec: _ProviderSpec) -> Provider:
     if spec.webhook_url is not None and not spec.outgoing_secrets:
         raise ValueError(f"{name}: webhook_url needs outgoing_secrets to sign with")
     sandbox_like = spec.scheme == "standard-webhooks"
+    if spec.gateway_url is not None and (
+        sandbox_like or spec.app_private_key is None or spec.app_id is None
+    ):
+        raise ValueError(f"{name}: gateway_url is Alipay's, and needs app_id and app_private_key")
+    if spec.app_private_key is not None:
+        providers.sign_alipay({"check": "key"}, spec.app_private_key)  # a bad key fails now
     return Provider(
         name=name,
         scheme=spec.scheme,
@@ -227,6 +245,8 @@ def _provider(name: str, spec: _ProviderSpec) -> Provider:
         outgoing_keys=(
             providers.StandardWebhooksKeys(spec.outgoing_secrets) if spec.outgoing_secrets else None
         ),
+        gateway_url=spec.gateway_url,
+        app_private_key=spec.app_private_key,
     )
 
 

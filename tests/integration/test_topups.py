@@ -8,19 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import parse_qsl, urlencode
-from zoneinfo import ZoneInfo
+from urllib.parse import urlencode
 
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from alipay import AliPay
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from services.wallet import store, topups
 from services.wallet.events import TopUpCompleted, wallet_events
@@ -30,29 +25,19 @@ from shared.db import in_transaction
 from shared.events import decode
 from shared.money import Money
 from shared.service import POOL, Service, create_app
-from tests.provider_peers import new_secret, signed_headers
+from tests.provider_peers import (
+    alipay_trade_notification,
+    new_secret,
+    rsa_pem_pair,
+    signed_headers,
+)
 
 SANDBOX_SECRET, OLD_SECRET = new_secret(), new_secret()
 ALIPAY_APP = "2021000000000001"
 
 
-def _pem_pair() -> tuple[str, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        .decode()
-    )
-    return private, public
-
-
-ALIPAY_PRIVATE, ALIPAY_PUBLIC = _pem_pair()
-STRANGER_PRIVATE, _ = _pem_pair()
+ALIPAY_PRIVATE, ALIPAY_PUBLIC = rsa_pem_pair()
+STRANGER_PRIVATE, _ = rsa_pem_pair()
 
 
 @pytest.fixture
@@ -201,27 +186,10 @@ def alipay_form(
     sent: datetime | None = None,
 ) -> dict[str, str]:
     """A trade notification as Alipay sends it, signed by Alipay's own SDK."""
-    sent = (sent or datetime.now(UTC)).astimezone(ZoneInfo("Asia/Shanghai"))
-    fields = {
-        "app_id": ALIPAY_APP,
-        "notify_id": secrets.token_hex(16),
-        "notify_time": sent.strftime("%Y-%m-%d %H:%M:%S"),
-        "notify_type": "trade_status_sync",
-        "out_trade_no": str(o.id),
-        "trade_no": f"2026112522001{secrets.randbelow(10**8):08d}",
-        "trade_status": status,
-        "total_amount": amount,
-        "charset": "utf-8",
-        "version": "1.0",
-    }
-    peer = AliPay(
-        appid=ALIPAY_APP,
-        app_notify_url=None,
-        app_private_key_string=private_key,
-        alipay_public_key_string=ALIPAY_PUBLIC,
-    )
-    signed = dict(parse_qsl(peer.sign_data(fields), keep_blank_values=True))
-    return {**fields, "sign": signed["sign"], "sign_type": "RSA2"}
+    return alipay_trade_notification(
+        app_id=ALIPAY_APP, out_trade_no=str(o.id), private_key=private_key,
+        public_key=ALIPAY_PUBLIC, status=status, amount=amount, sent=sent,
+    )  # fmt: skip
 
 
 async def notify_alipay(client: TestClient, form: dict[str, str]) -> tuple[int, str]:

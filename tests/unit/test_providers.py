@@ -24,7 +24,7 @@ from services.wallet.providers import (
     SignatureError,
     StandardWebhooksKeys,
     alipay_signed_content,
-    sign_alipay_notification,
+    sign_alipay,
     sign_standard_webhook,
     standard_webhook_headers,
     verify_alipay_notification,
@@ -446,7 +446,7 @@ def test_a_notification_signed_by_the_alipay_sdk_verifies_here(
 def test_our_signed_notification_verifies_with_the_alipay_sdk(
     alipay_private_key: rsa.RSAPrivateKey,
 ) -> None:
-    form = sign_alipay_notification(TRADE, _private_pem(alipay_private_key))
+    form = sign_alipay(TRADE, _private_pem(alipay_private_key))
     signature = form.pop("sign")
     assert _sdk(alipay_private_key).verify(form, signature)
 
@@ -454,7 +454,7 @@ def test_our_signed_notification_verifies_with_the_alipay_sdk(
 def test_our_signature_is_byte_identical_to_the_alipay_sdks(
     alipay_private_key: rsa.RSAPrivateKey,
 ) -> None:
-    ours = sign_alipay_notification(TRADE, _private_pem(alipay_private_key))
+    ours = sign_alipay(TRADE, _private_pem(alipay_private_key))
     assert ours == _sdk_signed(alipay_private_key)
 
 
@@ -462,7 +462,7 @@ def test_a_changed_total_amount_is_rejected_by_both_sides(
     alipay_private_key: rsa.RSAPrivateKey,
 ) -> None:
     form = {
-        **sign_alipay_notification(TRADE, _private_pem(alipay_private_key)),
+        **sign_alipay(TRADE, _private_pem(alipay_private_key)),
         "total_amount": "1250.00",
     }
     assert _alipay_reason(form, [_public_pem(alipay_private_key)]) == "no matching signature"
@@ -473,5 +473,5 @@ def test_a_changed_total_amount_is_rejected_by_both_sides(
 def test_a_notification_signed_over_its_sign_type_verifies_here(
     alipay_private_key: rsa.RSAPrivateKey,
 ) -> None:
-    form = sign_alipay_notification(TRADE, _private_pem(alipay_private_key), keep_sign_type=True)
+    form = sign_alipay(TRADE, _private_pem(alipay_private_key), keep_sign_type=True)
     verify_alipay_notification(form, _public_pem(alipay_private_key))
