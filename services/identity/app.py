@@ -12,7 +12,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
-from services.identity import auditlog, handlers, openapi, sdjwt, store
+from services.identity import auditlog, checks, handlers, openapi, sdjwt, store
 from services.identity.config import IdentityConfig
 from services.identity.events import identity_events
 from services.identity.handlers import CHECKS, KEYRING, SETTINGS, STATUS_LISTS, VERIFIER
@@ -40,10 +40,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", f"{ID}/credentials", handlers.issue),
     ("GET", f"{ID}/credentials/{{credential_id}}", handlers.credential_status),
     ("POST", f"{ID}/credentials/{{credential_id}}/status", handlers.change_status),
-    ("POST", f"{ID}/requests", handlers.create_request),
-    ("GET", f"{ID}/requests/{{request_id}}", handlers.request_result),
-    ("POST", f"{ID}/presentations", handlers.presentation),
-    ("GET", f"{ID}/audit", handlers.audit_log),
+    ("POST", f"{ID}/requests", checks.create_request),
+    ("GET", f"{ID}/requests/{{request_id}}", checks.request_result),
+    ("POST", f"{ID}/presentations", checks.presentation),
+    ("GET", f"{ID}/audit", checks.audit_log),
     ("GET", f"{ID}/audit/checkpoint", handlers.checkpoint),
 ]
 
