@@ -123,6 +123,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
         await the_readmes_first_request_works(http, services["gateway"], tmp_path / "city")
         await a_rider_tops_up_through_the_sandbox(services["gateway"], tmp_path / "city")
         await an_agency_checks_the_demo_citizens_id(services["gateway"], tmp_path / "city")
+        assert "verified" in await audit_verify(city.urls["postgres"])
         assert await city.interrupt() == 0
 
     async with City(tmp_path / "city") as again, aiohttp.ClientSession() as http:
@@ -187,6 +188,20 @@ async def an_agency_checks_the_demo_citizens_id(gateway: str, data_dir: Path) ->
     [entry] = log["entries"]
     assert (entry["agency"], entry["result"]) == ("city-agency", "verified")
     assert entry["claims"] == ["age_over_18", "resident"]
+
+
+async def audit_verify(database_url: str) -> str:
+    """What `DATABASE_URL=… cardless audit verify` prints; it exits 0 on an untouched log."""
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "shared.cli", "audit", "verify"),
+        env={**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": database_url},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode() + out.decode()
+    return out.decode()
 
 
 async def rider(gateway: str, data_dir: Path, method: str, path: str, body: str = "") -> str:
