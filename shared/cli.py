@@ -1,5 +1,5 @@
-"""The ``cardless`` command: up, serve, migrate, bench, audit, and the demo city's parties
-(token, rider, sandbox, id-check)."""
+"""The ``cardless`` command: up, serve, migrate, bench, audit, fares, and the demo city's
+parties (token, rider, sandbox, id-check)."""
 
 from __future__ import annotations
 
@@ -114,6 +114,15 @@ def _sandbox(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fares(args: argparse.Namespace) -> int:
+    """Price journeys read as JSON lines on stdin with a feed, before it is published."""
+    from services.transit import feed, quote
+
+    logs.configure("fares", "warning")
+    path = Path(args.feed) if args.feed else feed.DEMO_FEED
+    return quote.quote(path, sys.stdin, sys.stdout)
+
+
 def _id_check(args: argparse.Namespace) -> int:
     from services.identity import holder
 
@@ -198,6 +207,13 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("amount", nargs="?", help="pay: what the rider paid, e.g. 12.50")
     pay.add_argument("--currency", default="CNY")
     pay.set_defaults(run=_sandbox)
+
+    fares = commands.add_parser(
+        "fares", help="test a GTFS fare table: quote journeys (JSON lines on stdin)"
+    )
+    fares.add_argument("action", choices=["quote"])
+    fares.add_argument("--feed", help="a GTFS feed, folder or zip (default: the demo metro's)")
+    fares.set_defaults(run=_fares)
 
     id_check = commands.add_parser(
         "id-check", help="the demo's ID check: registry issues, agency asks, phone answers"

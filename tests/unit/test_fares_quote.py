@@ -88,3 +88,17 @@ def test_a_broken_feed_exits_2_and_names_its_problems(
     code, answers = run([journey(("L1", "WG", "OT"))], feed=tmp_path)
     assert (code, answers) == (2, [])
     assert "stops.txt:0 : required file is missing" in capsys.readouterr().err
+
+
+def test_cardless_fares_quote_prices_with_the_demo_metro_by_default(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from shared import cli
+
+    leg = {"route_id": "L1", "from_stop_id": "WG", "to_stop_id": "OT",
+           "departure": "2026-11-25T08:00:00", "arrival": "2026-11-25T08:20:00"}  # fmt: skip
+    line = json.dumps({"legs": [leg], "rider_category_id": "student", "fare_media_id": "qr"})
+    monkeypatch.setattr("sys.stdin", io.StringIO(line + "\n"))
+    assert cli.main(["fares", "quote"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert (answer["amount_minor"], answer["currency"]) == (100, "CNY")
