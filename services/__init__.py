@@ -6,5 +6,6 @@
 REGISTRY: dict[str, str] = {
     "gateway": "services.gateway.app:SERVICE",
     "identity": "services.identity.app:SERVICE",
+    "transit": "services.transit.app:SERVICE",
     "wallet": "services.wallet.app:SERVICE",
 }

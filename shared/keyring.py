@@ -138,15 +138,21 @@ class Keyring:
         """``claims`` as a JWS by the key signing now; its ``exp`` may not outlive the key's
         publication (``ValueError``); ``NoSigningKey`` if no key signs now."""
         now = self._clock.now()
-        key = next((k for k in self._keys if k.signs_from <= now < k.signs_until), None)
-        if key is None:
-            raise NoSigningKey("no signing key covers now: has Keyring.refresh() run?")
+        kid, private = self.signing_key()
         exp = claims.get("exp")
         latest = now.timestamp() + self.policy.token_ttl_s
         if isinstance(exp, bool) or not isinstance(exp, int | float) or not exp <= latest:
             raise ValueError("exp is required and at most token_ttl_s ahead")
-        headers = {"kid": key.kid, "typ": typ}
-        return jwt.encode(claims, key.private, algorithm=key.algorithm, headers=headers)
+        algorithm = "EdDSA" if isinstance(private, Ed25519PrivateKey) else "ES256"
+        return jwt.encode(claims, private, algorithm=algorithm, headers={"kid": kid, "typ": typ})
+
+    def signing_key(self) -> tuple[str, PrivateKey]:
+        """The key signing now, with its kid: for formats that are not JWS (a ride credential)."""
+        now = self._clock.now()
+        key = next((k for k in self._keys if k.signs_from <= now < k.signs_until), None)
+        if key is None:
+            raise NoSigningKey("no signing key covers now: has Keyring.refresh() run?")
+        return key.kid, key.private
 
     def jwks(self) -> dict[str, Any]:
         """The JWKS to publish: the public key of every key published now."""

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from services.gateway.app import SERVICE as GATEWAY
 from services.identity.app import SERVICE as IDENTITY
+from services.transit.app import SERVICE as TRANSIT
 from services.wallet.app import SERVICE as WALLET
 from shared import db
 from shared.city import Servers
@@ -89,6 +90,14 @@ async def wallet_service(config: PlatformConfig, namespace: str) -> Service:
 async def identity_service(config: PlatformConfig, namespace: str) -> Service:
     """Identity under this test's own schema, migrated."""
     service = dataclasses.replace(IDENTITY, name=f"identity_{namespace}")
+    await migrate(service, config.database_url)
+    return service
+
+
+@pytest.fixture
+async def transit_service(config: PlatformConfig, namespace: str) -> Service:
+    """Transit under this test's own schema, migrated."""
+    service = dataclasses.replace(TRANSIT, name=f"transit_{namespace}")
     await migrate(service, config.database_url)
     return service
 

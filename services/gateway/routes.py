@@ -41,6 +41,7 @@ class Route:
 
 W = "/v1/wallet"
 ID = "/v1/identity"
+TR = "/v1/transit"
 STATEMENT = "/{day}.{format:csv|json}"
 
 ROUTES: tuple[Route, ...] = (
@@ -94,4 +95,16 @@ ROUTES: tuple[Route, ...] = (
     # The citizen's phone answers a request: its key-binding JWT is the proof, not a token.
     Route("POST", f"{ID}/presentations", "identity", None, max_body_bytes=32 * KIB),
     Route("GET", f"{ID}/audit", "identity", ("identity:holder",), rate_class="read"),
+    # Transit: riders' phones enrol and read their journeys; gates fetch keys and upload taps.
+    Route("POST", f"{TR}/credentials", "transit", ("transit:ride",)),
+    Route("GET", f"{TR}/issuer-keys", "transit", None, rate_class="read"),
+    Route(
+        "POST",
+        f"{TR}/taps",
+        "transit",
+        ("transit:taps",),
+        rate_class="taps",
+        max_body_bytes=KIB * KIB,  # a gate's batch after a while offline
+    ),
+    Route("GET", f"{TR}/journeys", "transit", ("transit:ride",), rate_class="read"),
 )

@@ -11,7 +11,8 @@ opened it, so the same journey keeps its id (and its charges) across re-pairings
 - entry with no exit by ``max_journey``: incomplete (charged the maximum fare; an exit that
   arrives late makes it complete again, and the charge is corrected);
 - entry while a journey is open: the open one becomes incomplete, a new one starts;
-- exit with no open entry: exit-only (charged as the operator's rules say for that station);
+- exit with no open entry, more than ``max_journey`` ago: exit-only (charged the most that
+  exit could cost); a more recent one is open: the entry may come in a late upload;
 - entry with no exit yet, within ``max_journey``: open, not priced yet.
 """
 
@@ -96,7 +97,14 @@ def pair(taps: Iterable[Tap], *, now: datetime, max_journey: timedelta) -> list[
     if open_entry is not None:
         overdue = now - open_entry.at > max_journey
         journeys.append(_journey(Kind.INCOMPLETE if overdue else Kind.OPEN, open_entry, None))
-    return journeys
+    return [_waiting(j, now, max_journey) for j in journeys]
+
+
+def _waiting(journey: Journey, now: datetime, max_journey: timedelta) -> Journey:
+    """An exit alone is not charged while a gate may still upload the entry that opened it."""
+    if journey.kind is Kind.EXIT_ONLY and now - journey.started_at <= max_journey:
+        return Journey(journey.journey_id, journey.rider, Kind.OPEN, None, journey.exit)
+    return journey
 
 
 def _order(tap: Tap) -> tuple[datetime, int, str]:

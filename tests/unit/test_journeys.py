@@ -43,6 +43,11 @@ def test_an_entry_and_an_exit_at_the_same_station_make_a_journey() -> None:
     assert kinds([entry(0, "A"), exit_(3, "A")]) == [(Kind.COMPLETE, "A", "A")]
 
 
+def test_an_exit_alone_waits_for_a_late_entry_before_standing_alone() -> None:
+    assert kinds([exit_(10)], now_minute=60) == [(Kind.OPEN, None, "B")]
+    assert kinds([exit_(10)], now_minute=5 * 60) == [(Kind.EXIT_ONLY, None, "B")]
+
+
 def test_an_exit_without_an_entry_stands_alone() -> None:
     assert kinds([exit_(10), entry(20), exit_(40, "C")]) == [
         (Kind.EXIT_ONLY, None, "B"),

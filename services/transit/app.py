@@ -1,0 +1,71 @@
+"""The transit service: ride credentials, the issuer keys gates check them with, taps into
+priced journeys, wired onto the platform."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+from aiohttp import web
+
+from services.transit import handlers
+from services.transit.config import TransitConfig
+from services.transit.events import transit_events
+from services.transit.feed import load
+from services.transit.handlers import KEYRING, PRICER, SETTINGS
+from services.transit.riding import Pricer
+from shared.clock import every
+from shared.keyring import Keyring, RotationPolicy
+from shared.service import CLOCK, POOL, Service
+
+KEYRING_REFRESH_S = 3600.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+T = "/v1/transit"
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("POST", f"{T}/credentials", handlers.enrol),
+    ("GET", f"{T}/issuer-keys", handlers.issuer_keys),
+    ("POST", f"{T}/taps", handlers.upload_taps),
+    ("GET", f"{T}/journeys", handlers.journeys),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    settings = TransitConfig.from_env(os.environ)
+    app[SETTINGS] = settings
+    app[PRICER] = Pricer(load(settings.feed), settings)
+    app.cleanup_ctx.append(_issuer)
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+
+
+def policy(settings: TransitConfig) -> RotationPolicy:
+    """Ride credentials: Ed25519 (fast at the gate), a key a day, published a day ahead so
+    gates that sync daily know it before it signs."""
+    return RotationPolicy(sign_for_s=86400, publish_ahead_s=86400,
+                          token_ttl_s=settings.credential_ttl_s, algorithm="EdDSA")  # fmt: skip
+
+
+async def _issuer(app: web.Application) -> AsyncIterator[None]:
+    keyring = Keyring(app[POOL], app[CLOCK], policy(app[SETTINGS]))
+    await keyring.refresh()
+    app[KEYRING] = keyring
+    stopping = asyncio.Event()
+    retry_on = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+    task = asyncio.create_task(
+        every(KEYRING_REFRESH_S, keyring.refresh, stopping, retry_on=retry_on, what="key rotation")
+    )
+    yield
+    stopping.set()
+    await task
+
+
+SERVICE = Service(
+    name="transit",
+    add_routes=add_routes,
+    migrations=Path(__file__).parent / "migrations",
+    produces=[transit_events],
+)

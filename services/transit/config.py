@@ -1,0 +1,48 @@
+"""Transit's own settings, from the environment (``TRANSIT_*``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from services.transit.feed import DEMO_FEED
+from shared.config import Env
+
+DAY_S = 86400
+
+
+@dataclass(frozen=True)
+class TransitConfig:
+    """The fare feed, the operator paid, and how long credentials and journeys last."""
+
+    feed: Path = DEMO_FEED
+    operator: str = "metro"
+    # A tap pair is priced as one leg on this route: a gate cannot know the lines ridden, and
+    # inside the paid area the fare depends on the stations (their zones) only.
+    fare_route: str = "L1"
+    fare_media: str = "qr"
+    credential_ttl_s: int = DAY_S
+    max_journey_s: int = 4 * 3600
+    repricing_days: int = 7  # how far back a late tap can still change a journey
+
+    @property
+    def max_journey(self) -> timedelta:
+        return timedelta(seconds=self.max_journey_s)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> TransitConfig:
+        env = Env(environ)
+        return cls(
+            feed=Path(env.text("TRANSIT_FEED", str(DEMO_FEED))),
+            operator=env.text("TRANSIT_OPERATOR", cls.operator),
+            fare_route=env.text("TRANSIT_FARE_ROUTE", cls.fare_route),
+            fare_media=env.text("TRANSIT_FARE_MEDIA", cls.fare_media),
+            credential_ttl_s=env.integer(
+                "TRANSIT_CREDENTIAL_TTL_S", cls.credential_ttl_s, minimum=60, maximum=DAY_S
+            ),
+            max_journey_s=env.integer(
+                "TRANSIT_MAX_JOURNEY_S", cls.max_journey_s, minimum=600, maximum=DAY_S
+            ),
+        )

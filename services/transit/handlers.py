@@ -1,0 +1,165 @@
+"""HTTP handlers: a rider's phone enrols and reads its journeys (``transit:ride``); gates fetch
+the issuer keys (public) and upload taps (``transit:taps``)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm
+
+from services.transit import ridecode, riding, store
+from services.transit.config import TransitConfig
+from services.transit.journeys import Direction, Tap
+from shared.auth import authenticate
+from shared.db import Connection, in_transaction
+from shared.http import Problem, read_body
+from shared.keyring import Keyring
+from shared.service import BUS, CLOCK, POOL
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("transit_config", TransitConfig)
+KEYRING = web.AppKey("transit_keyring", Keyring)
+PRICER = web.AppKey("transit_pricer", riding.Pricer)
+PROBLEMS = "https://cardless.dev/problems/transit"
+MAX_TAPS = 2000
+MAX_JOURNEYS = 100
+
+
+def short_kid(kid: str) -> str:
+    """The kid a ride code carries: the keyring's thumbprint, cut to the format's 16 bytes."""
+    return kid[:16]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class EnrolBody(msgspec.Struct, forbid_unknown_fields=True):
+    device_jwk: dict[str, Any]  # the phone's public key: OKP Ed25519 or EC P-256
+    category: str = "adult"
+
+
+async def enrol(request: web.Request) -> web.Response:
+    """A ride credential for the phone's key, valid for ``TRANSIT_CREDENTIAL_TTL_S``."""
+    rider = (await authenticate(request, "transit:ride")).subject
+    body = await read_body(request, EnrolBody)
+    if body.category != "adult":
+        # A concession must be proven (an ID check through identity); not built yet.
+        raise Problem(403, "Forbidden", "only the adult category can be enrolled for now",
+                      type_=f"{PROBLEMS}/category-needs-proof")  # fmt: skip
+    device = _device_key(body.device_jwk)
+    app = request.app
+    settings, now = app[SETTINGS], app[CLOCK].now()
+    kid, issuer_key = app[KEYRING].signing_key()
+    not_before, not_after = int(now.timestamp()), int(now.timestamp()) + settings.credential_ttl_s
+
+    async def work(conn: Connection) -> bytes:
+        pseudonym = await store.pseudonym_of(conn, rider, now)
+        credential = ridecode.issue_credential(
+            issuer_key=issuer_key, kid=short_kid(kid), rider=pseudonym, category=body.category,
+            not_before=not_before, not_after=not_after, device_key=device,
+        )  # fmt: skip
+        parsed = ridecode.parse_credential(credential)
+        await store.add_credential(
+            conn, parsed.credential_id, pseudonym, body.category, short_kid(kid),
+            datetime.fromtimestamp(not_before, UTC), datetime.fromtimestamp(not_after, UTC),
+        )  # fmt: skip
+        return credential
+
+    credential = await in_transaction(app[POOL], work)
+    return web.json_response(
+        {"credential": _b64(credential), "category": body.category,
+         "not_after": datetime.fromtimestamp(not_after, UTC).isoformat()},
+        status=201,
+    )  # fmt: skip
+
+
+def _device_key(jwk: dict[str, Any]) -> ridecode.PublicKey:
+    key: object = None
+    kind = (jwk.get("kty"), jwk.get("crv"))
+    with contextlib.suppress(Exception):  # pyjwt raises several types for a bad key
+        if kind == ("OKP", "Ed25519"):
+            key = OKPAlgorithm.from_jwk(jwk)
+        elif kind == ("EC", "P-256"):
+            key = ECAlgorithm.from_jwk(jwk)
+    if isinstance(key, Ed25519PublicKey | ec.EllipticCurvePublicKey):
+        return key
+    raise Problem(422, "Unprocessable Content", "device_jwk: a public Ed25519 or P-256 JWK",
+                  type_=f"{PROBLEMS}/device-key")  # fmt: skip
+
+
+async def issuer_keys(request: web.Request) -> web.Response:
+    """The keys gates check credentials with, by the short kid codes carry; published a day
+    before they sign, so a gate that syncs daily always knows the next one."""
+    keys = request.app[KEYRING].verification_keys()
+    body = {"keys": [{"kid": short_kid(k.kid), "alg": k.algorithm,
+                      "x": _b64(ridecode.raw_public_key(k.key)[1])} for k in keys]}  # fmt: skip
+    return web.json_response(body, headers={"Cache-Control": "public, max-age=300"})
+
+
+class TapLine(msgspec.Struct, forbid_unknown_fields=True):
+    tap_id: uuid.UUID
+    rider: bytes  # the 16-byte pseudonym the code carried (base64 in JSON)
+    credential_id: bytes
+    station: str
+    direction: Direction
+    at: datetime
+    gate: str = ""
+
+
+class TapsBody(msgspec.Struct, forbid_unknown_fields=True):
+    taps: list[TapLine]
+
+
+async def upload_taps(request: web.Request) -> web.Response:
+    """A gate's batch of taps; idempotent by tap id, however often and late it is sent."""
+    gate = (await authenticate(request, "transit:taps")).subject
+    body = await read_body(request, TapsBody)
+    if not 0 < len(body.taps) <= MAX_TAPS:
+        raise Problem(422, "Unprocessable Content", f"taps: 1 to {MAX_TAPS} a batch",
+                      type_=f"{PROBLEMS}/taps")  # fmt: skip
+    taps = [_tap(line, gate) for line in body.taps]
+    app = request.app
+    now = app[CLOCK].now()
+
+    async def work(conn: Connection) -> int:
+        return await riding.record_taps(
+            conn, taps, pricer=app[PRICER], bus=app[BUS], config=app[SETTINGS], now=now
+        )
+
+    riders = await in_transaction(app[POOL], work)
+    log.info("taps uploaded", extra={"taps": len(taps), "riders": riders})
+    return web.json_response({"accepted": len(taps)})
+
+
+def _tap(line: TapLine, gate: str) -> tuple[Tap, bytes, str]:
+    if len(line.rider) != 16 or len(line.credential_id) != 16 or line.at.tzinfo is None:
+        raise Problem(422, "Unprocessable Content",
+                      "a tap has a 16-byte rider and credential_id, and a time with its offset",
+                      type_=f"{PROBLEMS}/taps")  # fmt: skip
+    tap = Tap(line.tap_id, line.rider.hex(), line.station, line.direction, line.at)
+    return tap, line.credential_id, line.gate or gate
+
+
+async def journeys(request: web.Request) -> web.Response:
+    """The rider's own journeys, newest first, with their fares."""
+    rider = (await authenticate(request, "transit:ride")).subject
+    rows = await store.rider_journeys(request.app[POOL], rider, MAX_JOURNEYS)
+    return web.json_response({"journeys": [
+        {"journey_id": str(r["journey_id"]), "kind": r["kind"], "entry": r["entry_station"],
+         "exit": r["exit_station"], "started_at": r["started_at"].isoformat(),
+         "amount_minor": r["amount_minor"], "currency": r["currency"],
+         "products": list(r["products"]), "reason": r["reason"],
+         "charged_minor": r["charged_minor"]}
+        for r in rows
+    ]})  # fmt: skip

@@ -1,0 +1,154 @@
+"""SQL for transit's own schema (asyncpg)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from services.transit.journeys import Direction, Journey, Tap
+from shared.db import Connection
+
+
+async def pseudonym_of(conn: Connection, subject: str, now: datetime) -> bytes:
+    """The rider's 16-byte pseudonym (made on first enrolment)."""
+    found: bytes = await conn.fetchval(
+        "INSERT INTO riders (pseudonym, subject, created_at) VALUES ($1, $2, $3)"
+        " ON CONFLICT (subject) DO UPDATE SET subject = EXCLUDED.subject RETURNING pseudonym",
+        secrets.token_bytes(16),
+        subject,
+        now,
+    )
+    return bytes(found)
+
+
+async def subject_of(conn: Connection, pseudonym: bytes) -> str | None:
+    found: str | None = await conn.fetchval(
+        "SELECT subject FROM riders WHERE pseudonym = $1", pseudonym
+    )
+    return found
+
+
+async def add_credential(
+    conn: Connection,
+    credential_id: bytes,
+    pseudonym: bytes,
+    category: str,
+    kid: str,
+    not_before: datetime,
+    not_after: datetime,
+) -> None:
+    await conn.execute(
+        "INSERT INTO ride_credentials (credential_id, pseudonym, category, kid, not_before,"
+        " not_after, issued_at) VALUES ($1, $2, $3, $4, $5, $6, $5)",
+        credential_id,
+        pseudonym,
+        category,
+        kid,
+        not_before,
+        not_after,
+    )
+
+
+async def add_taps(
+    conn: Connection, taps: Sequence[tuple[Tap, bytes, str]], now: datetime
+) -> set[bytes]:
+    """Record taps not seen before; the pseudonyms of the riders who have new ones."""
+    rows = await conn.fetch(
+        "INSERT INTO taps (tap_id, pseudonym, credential_id, station, gate, direction, at,"
+        " received_at) SELECT t.*, $8::timestamptz FROM unnest($1::uuid[], $2::bytea[],"
+        " $3::bytea[], $4::text[], $5::text[], $6::text[], $7::timestamptz[]) AS t"
+        " ON CONFLICT (tap_id) DO NOTHING RETURNING pseudonym",
+        [tap.tap_id for tap, _, _ in taps],
+        [bytes.fromhex(tap.rider) for tap, _, _ in taps],
+        [credential for _, credential, _ in taps],
+        [tap.station for tap, _, _ in taps],
+        [gate for _, _, gate in taps],
+        [tap.direction.value for tap, _, _ in taps],
+        [tap.at for tap, _, _ in taps],
+        now,
+    )
+    return {bytes(row["pseudonym"]) for row in rows}
+
+
+async def taps_of(conn: Connection, pseudonym: bytes, since: datetime) -> list[Tap]:
+    """A rider's taps since ``since``, locked against a concurrent re-pricing of the rider."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", pseudonym.hex()
+    )
+    rows = await conn.fetch(
+        "SELECT tap_id, station, direction, at FROM taps WHERE pseudonym = $1 AND at >= $2",
+        pseudonym,
+        since,
+    )
+    rider = pseudonym.hex()
+    return [Tap(r["tap_id"], rider, r["station"], Direction(r["direction"]), r["at"]) for r in rows]
+
+
+async def journeys_of(
+    conn: Connection, pseudonym: bytes, since: datetime
+) -> dict[uuid.UUID, asyncpg.Record]:
+    rows = await conn.fetch(
+        "SELECT journey_id, entry_tap, exit_tap, charged_minor, charges FROM journeys"
+        " WHERE pseudonym = $1 AND started_at >= $2",
+        pseudonym,
+        since - timedelta(days=1),
+    )
+    return {row["journey_id"]: row for row in rows}
+
+
+async def save_journey(
+    conn: Connection,
+    journey: Journey,
+    pseudonym: bytes,
+    price: tuple[int | None, str | None, Sequence[str], str | None],
+    charged: tuple[int, int],
+    now: datetime,
+) -> None:
+    amount, currency, products, reason = price
+    await conn.execute(
+        "INSERT INTO journeys (journey_id, pseudonym, kind, entry_station, exit_station,"
+        " started_at, amount_minor, currency, products, reason, charged_minor, charges, priced_at,"
+        " entry_tap, exit_tap)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        " ON CONFLICT (journey_id) DO UPDATE SET kind = $3, entry_station = $4,"
+        " exit_station = $5, amount_minor = $7, currency = $8, products = $9, reason = $10,"
+        " charged_minor = $11, charges = $12, priced_at = $13, entry_tap = $14, exit_tap = $15",
+        journey.journey_id,
+        pseudonym,
+        journey.kind.value,
+        journey.entry and journey.entry.station,
+        journey.exit and journey.exit.station,
+        journey.started_at,
+        amount,
+        currency,
+        list(products),
+        reason,
+        *charged,
+        now,
+        journey.entry and journey.entry.tap_id,
+        journey.exit and journey.exit.tap_id,
+    )
+
+
+async def drop_journeys(conn: Connection, journey_ids: Sequence[uuid.UUID]) -> None:
+    """Journeys a re-pairing superseded (their charges now belong to their successors)."""
+    await conn.execute("DELETE FROM journeys WHERE journey_id = ANY($1)", list(journey_ids))
+
+
+async def rider_journeys(
+    conn: Connection | asyncpg.Pool, subject: str, limit: int
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT j.journey_id, j.kind, j.entry_station, j.exit_station, j.started_at,"
+            " j.amount_minor, j.currency, j.products, j.reason, j.charged_minor"
+            " FROM journeys j JOIN riders r USING (pseudonym) WHERE r.subject = $1"
+            " ORDER BY j.started_at DESC LIMIT $2",
+            subject,
+            limit,
+        )
+    )

@@ -1,0 +1,170 @@
+"""A ride as a commuter and a gate live it: the phone enrols, shows a code, the gate decides
+offline with the keys it fetched, its taps are uploaded (late and twice), and the journey is
+priced from the demo metro's fares and charged once, with real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import msgspec
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
+
+from services.transit import ridecode
+from services.transit.denylist import DenyList
+from services.transit.events import FareCharged
+from services.transit.gate import GateVerifier
+from shared.auth import parse_jwks
+from shared.config import AuthConfig, PlatformConfig
+from shared.events import decode
+from shared.service import POOL, Service, create_app
+
+GATEWAY_KEY = Ed25519PrivateKey.generate()
+
+
+def token(subject: str, *scopes: str) -> dict[str, str]:
+    now = int(time.time())
+    claims = {"iss": "cardless-gateway", "aud": "cardless-internal", "sub": subject,
+              "scope": " ".join(scopes), "iat": now, "exp": now + 300}  # fmt: skip
+    signed = jwt.encode(claims, GATEWAY_KEY, algorithm="EdDSA", headers={"kid": "gw-1"})
+    return {"Authorization": f"Bearer {signed}"}
+
+
+@pytest.fixture
+async def api(config: PlatformConfig, transit_service: Service) -> AsyncIterator[TestClient]:
+    jwk = json.loads(OKPAlgorithm.to_jwk(GATEWAY_KEY.public_key()))
+    keys = parse_jwks(json.dumps({"keys": [{**jwk, "kid": "gw-1", "alg": "EdDSA"}]}))
+    with_auth = dataclasses.replace(config, auth=AuthConfig(jwks=keys))
+    async with TestClient(TestServer(create_app(transit_service, with_auth))) as client:
+        yield client
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+async def enrol(api: TestClient, rider: str) -> tuple[Ed25519PrivateKey, bytes]:
+    phone = Ed25519PrivateKey.generate()
+    jwk = json.loads(OKPAlgorithm.to_jwk(phone.public_key()))
+    response = await api.post("/v1/transit/credentials", json={"device_jwk": jwk},
+                              headers=token(rider, "transit:ride"))  # fmt: skip
+    assert response.status == 201, await response.text()
+    return phone, _unb64((await response.json())["credential"])
+
+
+async def gate(api: TestClient, station: str) -> GateVerifier:
+    """A gate at ``station`` with the issuer keys it fetched while the network was up."""
+    keys = (await (await api.get("/v1/transit/issuer-keys")).json())["keys"]
+    issuers = {k["kid"]: ridecode.load_public_key(ridecode.ED25519, _unb64(k["x"])) for k in keys}
+    return GateVerifier(station=station, issuer_keys=issuers, deny=DenyList())
+
+
+def tap(decision: Any, station: str, direction: str, at: datetime) -> dict[str, Any]:
+    return {"tap_id": str(uuid.uuid4()), "station": station, "direction": direction,
+            "at": at.isoformat(), "gate": f"{station}-01",
+            "rider": base64.b64encode(decision.rider).decode(),
+            "credential_id": base64.b64encode(decision.credential_id).decode()}  # fmt: skip
+
+
+async def upload(api: TestClient, taps: list[dict[str, Any]]) -> int:
+    response = await api.post("/v1/transit/taps", json={"taps": taps},
+                              headers=token("station-0001", "transit:taps"))  # fmt: skip
+    return response.status
+
+
+async def charges(api: TestClient) -> list[FareCharged]:
+    rows = await api.app[POOL].fetch("SELECT body FROM outbox ORDER BY seq")
+    return [msgspec.json.decode(decode(bytes(r["body"])).payload, type=FareCharged) for r in rows]
+
+
+async def test_a_ride_opens_gates_offline_and_is_charged_once(api: TestClient) -> None:
+    phone, credential = await enrol(api, "rider-1")
+    west_gate, old_town = await gate(api, "WG"), await gate(api, "OT")
+    now = int(time.time())
+    code = ridecode.make_code(credential, device_key=phone, timestamp=now, counter=1)
+    entered = west_gate.scan(code, now=now, direction="entry")
+    assert (entered.open, entered.reason) == (True, "ok")
+    assert west_gate.scan(code, now=now + 1, direction="entry").reason == "replay"
+    later = ridecode.make_code(credential, device_key=phone, timestamp=now + 1200, counter=2)
+    left = old_town.scan(later, now=now + 1200, direction="exit")
+    assert left.open
+
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    taps = [
+        tap(entered, "WG", "entry", start),
+        tap(left, "OT", "exit", start + timedelta(minutes=20)),
+    ]
+    assert await upload(api, taps[1:]) == 200  # the exit gate was online first
+    assert await upload(api, taps) == 200
+    assert await upload(api, taps) == 200  # and the entry gate sent its batch twice
+
+    [charge] = await charges(api)
+    assert (charge.rider, charge.operator, charge.amount, charge.currency) == (
+        "rider-1",
+        "metro",
+        200,
+        "CNY",
+    )
+    [journey] = await journeys(api, "rider-1")
+    assert (journey["kind"], journey["entry"], journey["exit"]) == ("complete", "WG", "OT")
+    assert (journey["amount_minor"], journey["charged_minor"]) == (200, 200)
+    assert await journeys(api, "rider-2") == [], "another rider sees none of it"
+
+
+async def journeys(api: TestClient, rider: str) -> list[dict[str, Any]]:
+    response = await api.get("/v1/transit/journeys", headers=token(rider, "transit:ride"))
+    return list((await response.json())["journeys"])
+
+
+async def test_an_exit_alone_is_charged_the_most_it_could_cost_and_a_late_entry_not_again(
+    api: TestClient,
+) -> None:
+    phone, credential = await enrol(api, "rider-3")
+    exit_gate, entry_gate = await gate(api, "OT"), await gate(api, "WG")
+    now = int(time.time())
+    code = ridecode.make_code(credential, device_key=phone, timestamp=now, counter=1)
+    entered = entry_gate.scan(code, now=now, direction="entry")
+    later = ridecode.make_code(credential, device_key=phone, timestamp=now + 60, counter=2)
+    left = exit_gate.scan(later, now=now + 60, direction="exit")
+    assert (entered.open, left.open) == (True, True)
+    exited_at = datetime.now(UTC) - timedelta(hours=5)  # longer ago than any journey lasts
+    assert await upload(api, [tap(left, "OT", "exit", exited_at)]) == 200
+    [charge] = await charges(api)
+    assert charge.amount == max_fare_cny_minor()
+
+    # The entry gate was offline; its upload arrives at last: the journey was a short one.
+    entry_tap = tap(entered, "WG", "entry", exited_at - timedelta(minutes=20))
+    assert await upload(api, [entry_tap]) == 200
+    assert len(await charges(api)) == 1, "the exit's charge covers the journey it is now part of"
+    [journey] = await journeys(api, "rider-3")
+    assert (journey["kind"], journey["amount_minor"]) == ("complete", 200)
+    assert journey["charged_minor"] == max_fare_cny_minor()  # the difference is owed back
+
+
+def max_fare_cny_minor() -> int:
+    """The demo metro's dearest fare (4 zones), read from its own feed."""
+    from services.transit.feed import DEMO_FEED, load
+
+    products = load(DEMO_FEED).products
+    return max(p.amount_minor for group in products.values() for p in group)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"taps": []}, {"taps": [{"tap_id": "x"}]}, {"nothing": 1}],
+)
+async def test_a_bad_upload_is_refused_with_a_problem(api: TestClient, body: Any) -> None:
+    response = await api.post("/v1/transit/taps", json=body,
+                              headers=token("station-0001", "transit:taps"))  # fmt: skip
+    assert response.status in (400, 422)
+    assert response.headers["Content-Type"].startswith("application/problem+json")
