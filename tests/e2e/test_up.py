@@ -4,16 +4,25 @@ of the wallet and the README's first request through it, Ctrl-C, and again."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from jwt.algorithms import OKPAlgorithm
 
+from services.transit import ridecode
+from services.transit.denylist import DenyList
+from services.transit.gate import GateVerifier
 from services.wallet.config import WalletConfig
 from services.wallet.finance import SETTLE_AFTER
 from services.wallet.settlement import BusinessDay
@@ -22,7 +31,7 @@ from tests.support import REPO, eventually, free_port
 START_TIMEOUT_S = 120
 NOTES = "tests.platform_app:SERVICE"
 # The whole city of the README: the gateway in front of the wallet (and the platform's notes).
-CITY = (NOTES, "wallet", "identity", "gateway")
+CITY = (NOTES, "wallet", "identity", "transit", "gateway")
 
 
 class City:
@@ -113,7 +122,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
             for name, url in city.urls.items()
             if name not in ("redis", "postgres", "ready")
         }
-        assert set(services) == {"notes", "wallet", "identity", "gateway", "sandbox"}
+        assert set(services) == {"notes", "wallet", "identity", "transit", "gateway", "sandbox"}
         for url in services.values():
             async with http.get(f"{url}/readyz") as response:
                 assert response.status == 200
@@ -124,6 +133,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
         await a_rider_tops_up_through_the_sandbox(services["gateway"], tmp_path / "city")
         await an_agency_checks_the_demo_citizens_id(services["gateway"], tmp_path / "city")
         assert "verified" in await audit_verify(city.urls["postgres"])
+        await a_ride_through_the_gates_is_charged_once(services["gateway"], tmp_path / "city")
         assert await city.interrupt() == 0
 
     async with City(tmp_path / "city") as again, aiohttp.ClientSession() as http:
@@ -188,6 +198,51 @@ async def an_agency_checks_the_demo_citizens_id(gateway: str, data_dir: Path) ->
     [entry] = log["entries"]
     assert (entry["agency"], entry["result"]) == ("city-agency", "verified")
     assert entry["claims"] == ["age_over_18", "resident"]
+
+
+async def a_ride_through_the_gates_is_charged_once(gateway: str, data_dir: Path) -> None:
+    """The README's rider rides: the phone enrols its key for a ride credential, two gates
+    that fetched the issuer keys decide offline, the gate uploads its taps (twice), and the
+    wallet (10.00 after the top-up and refund above) is debited the 2.00 fare once."""
+    phone = load_pem_private_key((data_dir / "rider" / "phone.pem").read_bytes(), None)
+    assert isinstance(phone, Ed25519PrivateKey)
+    jwk = json.loads(OKPAlgorithm.to_jwk(phone.public_key()))
+    asked = json.dumps({"device_jwk": jwk})
+    enrolled = json.loads(await rider(gateway, data_dir, "POST", "/v1/transit/credentials", asked))
+    credential = _unb64(enrolled["credential"])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{gateway}/v1/transit/issuer-keys") as response:
+            keys = {k["kid"]: ridecode.load_public_key(ridecode.ED25519, _unb64(k["x"]))
+                    for k in (await response.json())["keys"]}  # fmt: skip
+        now = int(time.time())
+        taps = []
+        for n, (station, direction) in enumerate((("WG", "entry"), ("OT", "exit"))):
+            gate = GateVerifier(station=station, issuer_keys=keys, deny=DenyList())
+            code = ridecode.make_code(credential, device_key=phone, timestamp=now + n, counter=n)
+            decision = gate.scan(code, now=now + n, direction=direction)
+            assert decision.open, decision.reason
+            rider_id, credential_id = decision.rider or b"", decision.credential_id or b""
+            taps.append({
+                "tap_id": str(uuid.uuid4()), "station": station, "direction": direction,
+                "at": datetime.now(UTC).isoformat(),
+                "rider": base64.b64encode(rider_id).decode(),
+                "credential_id": base64.b64encode(credential_id).decode(),
+            })  # fmt: skip
+        token = await cardless("token", "station-0001", gateway=gateway, data_dir=data_dir)
+        gate_auth = {"Authorization": f"Bearer {token}"}
+        for _ in range(2):  # a gate that was not sure its upload arrived sends it again
+            url, body = f"{gateway}/v1/transit/taps", {"taps": taps}
+            async with http.post(url, json=body, headers=gate_auth) as response:
+                assert response.status == 200, await response.text()
+    await eventually(
+        lambda: balance(gateway, data_dir),
+        lambda now: now == {"currency": "CNY", "available": 800, "held": 0},
+        what="the fare debited once",
+    )
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def audit_verify(database_url: str) -> str:
