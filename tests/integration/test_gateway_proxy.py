@@ -374,11 +374,15 @@ async def test_a_hung_service_trips_the_breaker_like_a_dead_one(
     gateway.deadline_s = 0.05
     for _ in range(THRESHOLD):
         assert (await client.post("/slow")).status == 504
+    # A 50 ms deadline on a busy machine can expire before the service even reads a request:
+    # what matters is that once the breaker is open, nothing more reaches it.
+    reached = len(toy.seen)
 
     paused = await client.get("/wallets/me")
 
     assert paused.status == 503
-    assert len(toy.seen) == THRESHOLD
+    assert len(toy.seen) == reached
+    assert not any(seen.target == "/wallets/me" for seen in toy.seen)
 
 
 async def test_a_retryable_get_survives_one_503(
