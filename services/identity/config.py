@@ -73,11 +73,11 @@ class IdentityConfig:
                 "IDENTITY_CREDENTIAL_TTL_S", cls.credential_ttl_s, minimum=60
             ),
             key_rotation_s=env.integer("IDENTITY_KEY_ROTATION_S", cls.key_rotation_s, minimum=60),
-            status_list_size=env.integer(
-                "IDENTITY_STATUS_LIST_SIZE", cls.status_list_size, minimum=4, maximum=1 << 24
-            )
-            // 4
-            * 4,
+            status_list_size=_whole_bytes(
+                env.integer(
+                    "IDENTITY_STATUS_LIST_SIZE", cls.status_list_size, minimum=4, maximum=1 << 24
+                )
+            ),
             status_refresh_s=env.integer(
                 "IDENTITY_STATUS_REFRESH_S", cls.status_refresh_s, minimum=1
             ),
@@ -88,6 +88,11 @@ class IdentityConfig:
             agencies=parse_agencies(env.document("IDENTITY_AGENCIES")),
             trusted_issuers=_trusted(env.document("IDENTITY_TRUSTED_ISSUERS")),
         )
+
+
+def _whole_bytes(size: int) -> int:
+    """Four two-bit statuses fill a byte: a list's size is rounded down to a multiple of 4."""
+    return size - size % 4
 
 
 def parse_agencies(text: str) -> dict[str, Agency]:
