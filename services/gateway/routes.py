@@ -107,4 +107,5 @@ ROUTES: tuple[Route, ...] = (
         max_body_bytes=KIB * KIB,  # a gate's batch after a while offline
     ),
     Route("GET", f"{TR}/journeys", "transit", ("transit:ride",), rate_class="read"),
+    Route("GET", f"{TR}/deny-list", "transit", ("transit:taps",), rate_class="taps"),
 )

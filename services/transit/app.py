@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from services.transit import handlers
+from services.transit import consumers, handlers
 from services.transit.config import TransitConfig
 from services.transit.events import transit_events
 from services.transit.feed import load
@@ -30,6 +30,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", f"{T}/issuer-keys", handlers.issuer_keys),
     ("POST", f"{T}/taps", handlers.upload_taps),
     ("GET", f"{T}/journeys", handlers.journeys),
+    ("GET", f"{T}/deny-list", handlers.deny_list),
 ]
 
 
@@ -68,4 +69,5 @@ SERVICE = Service(
     add_routes=add_routes,
     migrations=Path(__file__).parent / "migrations",
     produces=[transit_events],
+    subscriptions=consumers.subscriptions,
 )

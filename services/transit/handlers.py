@@ -1,5 +1,5 @@
 """HTTP handlers: a rider's phone enrols and reads its journeys (``transit:ride``); gates fetch
-the issuer keys (public) and upload taps (``transit:taps``)."""
+the issuer keys (public), upload taps and sync the deny list (``transit:taps``)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 
 from services.transit import ridecode, riding, store
 from services.transit.config import TransitConfig
+from services.transit.denylist import Delta, DenyList
 from services.transit.journeys import Direction, Tap
 from shared.auth import authenticate
 from shared.db import Connection, in_transaction
@@ -149,6 +150,28 @@ def _tap(line: TapLine, gate: str) -> tuple[Tap, bytes, str]:
                       type_=f"{PROBLEMS}/taps")  # fmt: skip
     tap = Tap(line.tap_id, line.rider.hex(), line.station, line.direction, line.at)
     return tap, line.credential_id, line.gate or gate
+
+
+async def deny_list(request: web.Request) -> web.Response:
+    """The deny list for gates: the changes since ``?since=<version>`` (a delta), or the whole
+    list without it (or when the gate's version is unknown here); 204 when it has nothing new."""
+    await authenticate(request, "transit:taps")
+    pool = request.app[POOL]
+    version = await store.deny_version(pool)
+    since = request.query.get("since", "")
+    base = int(since) if since.isdigit() and len(since) < 19 else None
+    if base is not None and base == version:
+        return web.Response(status=204, headers={"Deny-List-Version": str(version)})
+    if base is not None and 0 < base < version:
+        added, removed = await store.deny_changes_after(pool, base)
+        body = Delta(base, version, tuple(added), tuple(removed)).encode()
+    else:
+        body = DenyList(version, await store.denied_now(pool)).snapshot()
+    return web.Response(
+        body=body,
+        content_type="application/octet-stream",
+        headers={"Deny-List-Version": str(version), "Cache-Control": "no-store"},
+    )
 
 
 async def journeys(request: web.Request) -> web.Response:

@@ -152,3 +152,56 @@ async def rider_journeys(
             limit,
         )
     )
+
+
+# -- the deny list --------------------------------------------------------------------------
+
+
+async def set_denied(
+    conn: Connection, pseudonym: bytes, denied: bool, reason: str, now: datetime
+) -> int | None:
+    """Deny a rider at the gates, or let them through again; the list's new version, or None
+    when nothing changed. Changes are numbered one at a time (an advisory lock)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema() || '.deny'))")
+    is_denied = await conn.fetchval("SELECT true FROM denied WHERE pseudonym = $1", pseudonym)
+    if bool(is_denied) == denied:
+        return None
+    version: int = await conn.fetchval(
+        "INSERT INTO deny_changes (version, pseudonym, denied, reason, at)"
+        " SELECT coalesce(max(version), 0) + 1, $1, $2, $3, $4 FROM deny_changes"
+        " RETURNING version",
+        pseudonym,
+        denied,
+        reason,
+        now,
+    )
+    if denied:
+        await conn.execute(
+            "INSERT INTO denied (pseudonym, since_version) VALUES ($1, $2)", pseudonym, version
+        )
+    else:
+        await conn.execute("DELETE FROM denied WHERE pseudonym = $1", pseudonym)
+    return version
+
+
+async def deny_version(conn: Connection | asyncpg.Pool) -> int:
+    found: int | None = await conn.fetchval("SELECT max(version) FROM deny_changes")
+    return found or 0
+
+
+async def denied_now(conn: Connection | asyncpg.Pool) -> list[bytes]:
+    return [bytes(r[0]) for r in await conn.fetch("SELECT pseudonym FROM denied")]
+
+
+async def deny_changes_after(
+    conn: Connection | asyncpg.Pool, version: int
+) -> tuple[list[bytes], list[bytes]]:
+    """The net change since ``version``: who is denied now and was not, and the reverse."""
+    rows = await conn.fetch(
+        "SELECT DISTINCT ON (pseudonym) pseudonym, denied FROM deny_changes"
+        " WHERE version > $1 ORDER BY pseudonym, version DESC",
+        version,
+    )
+    added = [bytes(r["pseudonym"]) for r in rows if r["denied"]]
+    removed = [bytes(r["pseudonym"]) for r in rows if not r["denied"]]
+    return added, removed

@@ -21,13 +21,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
 from services.transit import ridecode
-from services.transit.denylist import DenyList
+from services.transit.denylist import Delta, DenyList
 from services.transit.events import FareCharged
 from services.transit.gate import GateVerifier
+from services.wallet.events import FareDebitFailed, TopUpCompleted
 from shared.auth import parse_jwks
 from shared.config import AuthConfig, PlatformConfig
 from shared.events import decode
-from shared.service import POOL, Service, create_app
+from shared.service import BUS, POOL, Service, create_app
+from tests.support import eventually
 
 GATEWAY_KEY = Ed25519PrivateKey.generate()
 
@@ -168,3 +170,40 @@ async def test_a_bad_upload_is_refused_with_a_problem(api: TestClient, body: Any
                               headers=token("station-0001", "transit:taps"))  # fmt: skip
     assert response.status in (400, 422)
     assert response.headers["Content-Type"].startswith("application/problem+json")
+
+
+async def deny_list(api: TestClient, since: int | None = None) -> tuple[int, bytes]:
+    query = "" if since is None else f"?since={since}"
+    response = await api.get(f"/v1/transit/deny-list{query}",
+                             headers=token("station-0001", "transit:taps"))  # fmt: skip
+    assert response.status in (200, 204)
+    return int(response.headers["Deny-List-Version"]), await response.read()
+
+
+async def test_a_rider_in_debt_is_denied_at_the_gates_until_they_top_up(api: TestClient) -> None:
+    phone, credential = await enrol(api, "rider-9")
+    bus, pool = api.app[BUS], api.app[POOL]
+
+    async def wallet_says(event: Any) -> None:  # as the wallet would, over the bus
+        async with pool.acquire() as conn, conn.transaction():
+            await bus.publish(conn, "rider-9", event)
+
+    account = uuid.uuid4()
+    await wallet_says(FareDebitFailed(charge_id=uuid.uuid4(), rider="rider-9", account_id=account,
+                                      amount=300, currency="CNY", available=100))  # fmt: skip
+    version, snapshot = await eventually(lambda: deny_list(api), lambda d: d[0] == 1,
+                                         what="the rider on the deny list")  # fmt: skip
+    station = await gate(api, "WG")
+    station.replace_deny_list(DenyList.load(snapshot))
+    now = int(time.time())
+    code = ridecode.make_code(credential, device_key=phone, timestamp=now, counter=1)
+    assert station.scan(code, now=now).reason == "denied"
+
+    await wallet_says(TopUpCompleted(order_id=uuid.uuid4(), account_id=account, rider="rider-9",
+                                     amount=5000, currency="CNY", provider="sandbox"))  # fmt: skip
+    _, delta = await eventually(lambda: deny_list(api, since=version), lambda d: d[0] == 2,
+                                what="the top-up lifting the denial")  # fmt: skip
+    assert station.apply_delta(Delta.decode(delta))
+    again = ridecode.make_code(credential, device_key=phone, timestamp=now + 5, counter=2)
+    assert station.scan(again, now=now + 5).open
+    assert (await deny_list(api, since=2))[1] == b"", "nothing new: 204"
