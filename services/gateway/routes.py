@@ -96,6 +96,7 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", f"{ID}/presentations", "identity", None, max_body_bytes=32 * KIB),
     Route("GET", f"{ID}/audit", "identity", ("identity:holder",), rate_class="read"),
     # Transit: riders' phones enrol and read their journeys; gates fetch keys and upload taps.
+    Route("GET", f"{TR}/openapi.json", "transit", None),
     Route("POST", f"{TR}/credentials", "transit", ("transit:ride",)),
     Route("GET", f"{TR}/issuer-keys", "transit", None, rate_class="read"),
     Route(

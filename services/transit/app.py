@@ -11,7 +11,7 @@ from pathlib import Path
 import asyncpg
 from aiohttp import web
 
-from services.transit import consumers, handlers
+from services.transit import consumers, handlers, openapi
 from services.transit.config import TransitConfig
 from services.transit.events import transit_events
 from services.transit.feed import load
@@ -26,6 +26,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 T = "/v1/transit"
 
 ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", f"{T}/openapi.json", openapi.document),
     ("POST", f"{T}/credentials", handlers.enrol),
     ("GET", f"{T}/issuer-keys", handlers.issuer_keys),
     ("POST", f"{T}/taps", handlers.upload_taps),

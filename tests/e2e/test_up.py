@@ -164,6 +164,7 @@ async def the_readmes_first_request_works(
         assert response.status == 200
         document = await response.json()
     assert "/v1/wallet/operators/{operator}/statements/{day}.{format}" in document["paths"]
+    assert {"/v1/identity/presentations", "/v1/transit/taps"} <= document["paths"].keys()
 
 
 async def a_rider_tops_up_through_the_sandbox(gateway: str, data_dir: Path) -> None:

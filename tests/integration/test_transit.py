@@ -207,3 +207,16 @@ async def test_a_rider_in_debt_is_denied_at_the_gates_until_they_top_up(api: Tes
     again = ridecode.make_code(credential, device_key=phone, timestamp=now + 5, counter=2)
     assert station.scan(again, now=now + 5).open
     assert (await deny_list(api, since=2))[1] == b"", "nothing new: 204"
+
+
+async def test_the_service_describes_every_route_it_serves(api: TestClient) -> None:
+    from openapi_spec_validator import validate
+
+    from services.transit.app import ROUTES
+
+    document = await (await api.get("/v1/transit/openapi.json")).json()
+    validate(document)
+    described = {
+        (method.upper(), path) for path, ops in document["paths"].items() for method in ops
+    }
+    assert described == {(method, path) for method, path, _ in ROUTES}
