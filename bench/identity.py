@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from bench.servers import progress
-from services.identity import credentials, dcql, sdjwt
+from services.identity import credentials, dcql, holder, sdjwt
 from services.identity.statuslist import StatusList, StatusListError
 from services.identity.verification import IssuerKeys, Request, Verifier
 from shared.auth import VerificationKey
@@ -75,7 +75,7 @@ Case = tuple[str, Request]
 def _case(issuer_key: ec.EllipticCurvePrivateKey, n: int) -> Case:
     """One citizen's credential, presented for one agency request with its own nonce."""
     phone = ec.generate_private_key(ec.SECP256R1())
-    citizen = msgspec.convert(_CITIZEN, credentials.Citizen)
+    citizen = msgspec.convert(holder.DEMO_CITIZEN, credentials.Citizen)
     now = int(time.time())
     status = {"status_list": {"idx": n, "uri": STATUS_URI}}
     claims = credentials.credential_claims(
@@ -96,14 +96,6 @@ def _case(issuer_key: ec.EllipticCurvePrivateKey, n: int) -> Case:
         default_vct=VCT,
     )  # fmt: skip
     return presentation, Request(f"r{n}", "bench-agency", "bench", query, nonce, now + 3600)
-
-
-_CITIZEN = {
-    "given_name": "Mei", "family_name": "Chen", "birthdate": "1990-05-17", "resident": True,
-    "address": {"street_address": "1 Huacheng Avenue", "locality": "Tianhe",
-                "postal_code": "510623", "country": "CN"},
-    "portrait_sha256": "0" * 64, "id_number": "GZ-0000-0001",
-}  # fmt: skip
 
 
 def _verifier(issuer_key: ec.EllipticCurvePrivateKey) -> Verifier:

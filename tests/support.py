@@ -1,8 +1,11 @@
-"""Helpers for tests: waiting with a deadline, and real service processes to kill."""
+"""Helpers for tests: waiting with a deadline, real service processes to kill, and the
+gateway's tokens as services receive them."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import socket
 import subprocess
 import sys
@@ -10,6 +13,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TypeVar
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
+
+from shared.auth import parse_jwks
+from shared.config import AuthConfig, PlatformConfig
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
@@ -88,3 +98,26 @@ def _async(fn: Callable[[], T]) -> Callable[[], Awaitable[T]]:
         return fn()
 
     return call
+
+
+# What the gateway forwards to a service: a short internal token signed by a key the service
+# trusts (``behind_the_gateway``), so service tests authenticate callers the way production does.
+GATEWAY_KEY = Ed25519PrivateKey.generate()
+GATEWAY_KID = "gw-1"
+
+
+def gateway_token(subject: str, *scopes: str) -> dict[str, str]:
+    """The Authorization header of a request the gateway forwarded for ``subject``; minted when
+    used, never at import: a token made at collection would expire mid-session."""
+    now = int(time.time())
+    claims = {"iss": "cardless-gateway", "aud": "cardless-internal", "sub": subject,
+              "scope": " ".join(scopes), "iat": now, "exp": now + 300}  # fmt: skip
+    signed = jwt.encode(claims, GATEWAY_KEY, algorithm="EdDSA", headers={"kid": GATEWAY_KID})
+    return {"Authorization": f"Bearer {signed}"}
+
+
+def behind_the_gateway(config: PlatformConfig) -> PlatformConfig:
+    """``config`` with the gateway's key as the one services verify tokens against."""
+    jwk = json.loads(OKPAlgorithm.to_jwk(GATEWAY_KEY.public_key()))
+    keys = parse_jwks(json.dumps({"keys": [{**jwk, "kid": GATEWAY_KID, "alg": "EdDSA"}]}))
+    return dataclasses.replace(config, auth=AuthConfig(jwks=keys))

@@ -7,7 +7,6 @@ entries with their inclusion proofs, and the full verification ``cardless audit 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -15,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from jwt.utils import base64url_encode
 
 from services.identity import audit, store
 from services.identity.audit import Checkpoint, Entry, Finding, StoredEntry
@@ -94,13 +94,9 @@ def _shown(entry: Entry, proof: list[bytes] | None) -> dict[str, Any]:
         "reason": entry.reason,
         "request_id": entry.request_id,
         # What the citizen needs to check this entry against the checkpoint themselves.
-        "leaf_hash": _b64(entry.leaf_hash()),
-        "inclusion_proof": None if proof is None else [_b64(h) for h in proof],
+        "leaf_hash": base64url_encode(entry.leaf_hash()).decode(),
+        "inclusion_proof": None if proof is None else [base64url_encode(h).decode() for h in proof],
     }
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 async def verify(

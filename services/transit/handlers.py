@@ -3,7 +3,6 @@ the issuer keys (public), upload taps and sync the deny list (``transit:taps``).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import uuid
@@ -15,6 +14,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm
+from jwt.utils import base64url_encode
 
 from services.transit import ridecode, riding, store
 from services.transit.config import TransitConfig
@@ -39,10 +39,6 @@ MAX_JOURNEYS = 100
 def short_kid(kid: str) -> str:
     """The kid a ride code carries: the keyring's thumbprint, cut to the format's 16 bytes."""
     return kid[:16]
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class EnrolBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,7 +75,7 @@ async def enrol(request: web.Request) -> web.Response:
 
     credential = await in_transaction(app[POOL], work)
     return web.json_response(
-        {"credential": _b64(credential), "category": body.category,
+        {"credential": base64url_encode(credential).decode(), "category": body.category,
          "not_after": datetime.fromtimestamp(not_after, UTC).isoformat()},
         status=201,
     )  # fmt: skip
@@ -103,9 +99,13 @@ async def issuer_keys(request: web.Request) -> web.Response:
     """The keys gates check credentials with, by the short kid codes carry; published a day
     before they sign, so a gate that syncs daily always knows the next one."""
     keys = request.app[KEYRING].verification_keys()
-    body = {"keys": [{"kid": short_kid(k.kid), "alg": k.algorithm,
-                      "x": _b64(ridecode.raw_public_key(k.key)[1])} for k in keys]}  # fmt: skip
+    body = {"keys": [_issuer_key(k.kid, k.algorithm, k.key) for k in keys]}
     return web.json_response(body, headers={"Cache-Control": "public, max-age=300"})
+
+
+def _issuer_key(kid: str, algorithm: str, key: ridecode.PublicKey) -> dict[str, str]:
+    raw = ridecode.raw_public_key(key)[1]
+    return {"kid": short_kid(kid), "alg": algorithm, "x": base64url_encode(raw).decode()}
 
 
 class TapLine(msgspec.Struct, forbid_unknown_fields=True):

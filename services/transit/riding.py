@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
@@ -23,6 +22,7 @@ import asyncpg
 from services.transit import fares, store
 from services.transit.config import TransitConfig
 from services.transit.events import FareCharged
+from services.transit.fares import Quote
 from services.transit.feed import Feed
 from services.transit.journeys import Journey, Kind, Tap, pair
 from shared.bus import Bus
@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 _CHARGES = uuid.UUID("0b4f3c52-8f7e-4d2a-b1c6-9e5d7a3f2c18")
 
 
-@dataclass(frozen=True)
-class Price:
-    amount_minor: int | None
-    currency: str | None
-    products: tuple[str, ...]
-    reason: str | None
-
-
 class Pricer:
     """Prices a journey between stations; one leg on the fare route (see ``TransitConfig``)."""
 
@@ -51,7 +43,7 @@ class Pricer:
         # The farthest fare from a station changes with the timeframe, so by the hour.
         self._farthest = lru_cache(maxsize=4096)(self._farthest_uncached)
 
-    def price(self, journey: Journey) -> Price:
+    def price(self, journey: Journey) -> Quote:
         started = journey.started_at.astimezone(self.zone).replace(tzinfo=None)
         if journey.kind is Kind.COMPLETE:
             assert journey.entry is not None
@@ -63,20 +55,19 @@ class Pricer:
         hour = started.replace(minute=0, second=0, microsecond=0)
         return self._farthest(known.station, journey.entry is not None, hour)
 
-    def _farthest_uncached(self, station: str, from_it: bool, at: datetime) -> Price:
+    def _farthest_uncached(self, station: str, from_it: bool, at: datetime) -> Quote:
         quotes = [
             self._quote(station, other, at) if from_it else self._quote(other, station, at)
             for other in self.stops
         ]
         known = [q for q in quotes if q.amount_minor is not None]
         if not known:
-            return Price(None, None, (), f"no fare from or to {station}")
+            return Quote(None, None, (), f"no fare from or to {station}")
         return max(known, key=lambda q: q.amount_minor or 0)
 
-    def _quote(self, origin: str, destination: str, at: datetime) -> Price:
+    def _quote(self, origin: str, destination: str, at: datetime) -> Quote:
         leg = fares.Leg(self.config.fare_route, origin, destination, at, at)
-        quote = self.engine.price(fares.Journey((leg,), None, self.config.fare_media))
-        return Price(quote.amount_minor, quote.currency, quote.products, quote.reason)
+        return self.engine.price(fares.Journey((leg,), None, self.config.fare_media))
 
 
 async def record_taps(
@@ -127,9 +118,7 @@ async def _reprice(
         elif owed < 0:
             log.warning("journey re-priced lower: refund owed", extra={"owed_minor": -owed})
         await store.save_journey(
-            conn, journey, pseudonym,
-            (price.amount_minor, price.currency, price.products, price.reason),
-            (charged, charges), now,
+            conn, journey, pseudonym, price, (charged, charges), now,
         )  # fmt: skip
     kept = {journey.journey_id for journey in paired}
     await store.drop_journeys(conn, [j for j in before if j not in kept])

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
+from services.transit.fares import Quote
 from services.transit.journeys import Direction, Journey, Tap
 from shared.db import Connection
 
@@ -104,11 +105,10 @@ async def save_journey(
     conn: Connection,
     journey: Journey,
     pseudonym: bytes,
-    price: tuple[int | None, str | None, Sequence[str], str | None],
+    price: Quote,
     charged: tuple[int, int],
     now: datetime,
 ) -> None:
-    amount, currency, products, reason = price
     await conn.execute(
         "INSERT INTO journeys (journey_id, pseudonym, kind, entry_station, exit_station,"
         " started_at, amount_minor, currency, products, reason, charged_minor, charges, priced_at,"
@@ -123,10 +123,10 @@ async def save_journey(
         journey.entry and journey.entry.station,
         journey.exit and journey.exit.station,
         journey.started_at,
-        amount,
-        currency,
-        list(products),
-        reason,
+        price.amount_minor,
+        price.currency,
+        list(price.products),
+        price.reason,
         *charged,
         now,
         journey.entry and journey.entry.tap_id,

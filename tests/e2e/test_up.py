@@ -19,6 +19,7 @@ import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from jwt.algorithms import OKPAlgorithm
+from jwt.utils import base64url_decode
 
 from services.transit import ridecode
 from services.transit.denylist import DenyList
@@ -210,10 +211,10 @@ async def a_ride_through_the_gates_is_charged_once(gateway: str, data_dir: Path)
     jwk = json.loads(OKPAlgorithm.to_jwk(phone.public_key()))
     asked = json.dumps({"device_jwk": jwk})
     enrolled = json.loads(await rider(gateway, data_dir, "POST", "/v1/transit/credentials", asked))
-    credential = _unb64(enrolled["credential"])
+    credential = base64url_decode(enrolled["credential"])
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{gateway}/v1/transit/issuer-keys") as response:
-            keys = {k["kid"]: ridecode.load_public_key(ridecode.ED25519, _unb64(k["x"]))
+            keys = {k["kid"]: ridecode.load_public_key(ridecode.ED25519, base64url_decode(k["x"]))
                     for k in (await response.json())["keys"]}  # fmt: skip
         now = int(time.time())
         taps = []
@@ -240,10 +241,6 @@ async def a_ride_through_the_gates_is_charged_once(gateway: str, data_dir: Path)
         lambda now: now == {"currency": "CNY", "available": 800, "held": 0},
         what="the fare debited once",
     )
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def audit_verify(database_url: str) -> str:

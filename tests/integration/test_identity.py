@@ -15,8 +15,8 @@ import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwcrypto.jwk import JWK
+from jwt.utils import base64url_decode
 from sd_jwt.common import SDObj
 from sd_jwt.holder import SDJWTHolder
 from sd_jwt.issuer import SDJWTIssuer
@@ -25,11 +25,11 @@ from sd_jwt.verifier import SDJWTVerifier
 from services.identity import audit, auditlog, holder, statuslist
 from services.identity.credentials import public_jwk
 from shared.auth import parse_jwks
-from shared.config import AuthConfig, PlatformConfig
+from shared.config import PlatformConfig
 from shared.service import POOL, Service, create_app
-from tests.support import eventually
+from tests.support import behind_the_gateway, eventually
+from tests.support import gateway_token as token
 
-GATEWAY_KEY = Ed25519PrivateKey.generate()
 # A second issuer the city trusts (IDENTITY_TRUSTED_ISSUERS): the reference library issues
 # with its key, as another authority's software would.
 PEER_ISSUER, PEER_KID = "https://peer-issuer.example", "peer-2026"
@@ -41,15 +41,6 @@ AGENCIES = {
     "other-agency": {"claims": ["age_over_18"], "purposes": [PURPOSE]},
 }  # fmt: skip
 CITIZEN = holder.DEMO_CITIZEN
-
-
-def token(subject: str, *scopes: str) -> dict[str, str]:
-    """What the gateway forwards: a short-lived access token for ``subject``."""
-    now = int(time.time())
-    claims = {"iss": "cardless-gateway", "aud": "cardless-internal", "sub": subject,
-              "scope": " ".join(scopes), "iat": now, "exp": now + 300}  # fmt: skip
-    signed = jwt.encode(claims, GATEWAY_KEY, algorithm="EdDSA", headers={"kid": "gw-1"})
-    return {"Authorization": f"Bearer {signed}"}
 
 
 def registry() -> dict[str, str]:
@@ -68,8 +59,6 @@ def citizen(subject: str = "rider-7") -> dict[str, str]:
 async def api(
     config: PlatformConfig, identity_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[TestClient]:
-    jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(GATEWAY_KEY.public_key()))
-    keys = parse_jwks(json.dumps({"keys": [{**jwk, "kid": "gw-1", "alg": "EdDSA"}]}))
     monkeypatch.setenv("IDENTITY_AGENCIES", json.dumps(AGENCIES))
     monkeypatch.setenv("IDENTITY_PUBLIC_URL", "https://city.example")
     monkeypatch.setenv("IDENTITY_STATUS_LIST_SIZE", "4096")
@@ -77,8 +66,8 @@ async def api(
     monkeypatch.setenv("IDENTITY_CHECKPOINT_S", "1")
     peer_jwks = {"keys": [{**json.loads(PEER_KEY.export_public()), "alg": "ES256"}]}
     monkeypatch.setenv("IDENTITY_TRUSTED_ISSUERS", json.dumps({PEER_ISSUER: peer_jwks}))
-    with_auth = dataclasses.replace(config, auth=AuthConfig(jwks=keys))
-    async with TestClient(TestServer(create_app(identity_service, with_auth))) as client:
+    app = create_app(identity_service, behind_the_gateway(config))
+    async with TestClient(TestServer(app)) as client:
         yield client
 
 
@@ -166,8 +155,8 @@ async def test_an_agency_gets_only_the_claims_it_asked_for_and_the_citizen_sees_
     assert "Tianhe" not in json.dumps(logged), "the log holds no disclosed value"
     checkpoint = await checkpoint_of(api, logged["checkpoint"])
     assert audit.verify_inclusion(
-        _unb64(entry["leaf_hash"]), entry["seq"], checkpoint.size,
-        [_unb64(h) for h in entry["inclusion_proof"]], checkpoint.root,
+        base64url_decode(entry["leaf_hash"]), entry["seq"], checkpoint.size,
+        [base64url_decode(h) for h in entry["inclusion_proof"]], checkpoint.root,
     )  # fmt: skip
     assert (await (await api.get("/v1/identity/audit", headers=citizen("rider-8"))).json())[
         "entries"
@@ -179,10 +168,6 @@ async def checkpoint_of(api: TestClient, token: str) -> audit.Checkpoint:
     metadata = await (await api.get("/.well-known/jwt-vc-issuer/v1/identity")).json()
     keys = {k.kid: (k.key, k.algorithm) for k in parse_jwks(json.dumps(metadata["jwks"]))}
     return audit.read_checkpoint(token, keys=lambda header: keys.get(header.get("kid")))
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def test_an_agency_may_ask_only_what_and_why_it_is_registered_for(api: TestClient) -> None:
@@ -294,7 +279,7 @@ def _no_key_binding(mine: Phone, other: Phone, body: dict[str, Any]) -> dict[str
 def _tampered_disclosure(mine: Phone, other: Phone, body: dict[str, Any]) -> dict[str, Any]:
     [presentation] = body["vp_token"]["city_id"]
     issuer_jwt, *disclosures, kb = presentation.split("~")
-    value = json.loads(_unb64(disclosures[0]))
+    value = json.loads(base64url_decode(disclosures[0]))
     value[2] = not value[2]
     forged = base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
     body["vp_token"]["city_id"] = ["~".join([issuer_jwt, forged, *disclosures[1:], kb])]

@@ -5,7 +5,6 @@ priced from the demo metro's fares and charged once, with real PostgreSQL and Re
 from __future__ import annotations
 
 import base64
-import dataclasses
 import json
 import time
 import uuid
@@ -13,46 +12,31 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jwt
 import msgspec
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
+from jwt.utils import base64url_decode
 
 from services.transit import ridecode
 from services.transit.denylist import Delta, DenyList
 from services.transit.events import FareCharged
 from services.transit.gate import GateVerifier
 from services.wallet.events import FareDebitFailed, TopUpCompleted
-from shared.auth import parse_jwks
-from shared.config import AuthConfig, PlatformConfig
+from shared.config import PlatformConfig
 from shared.events import decode
 from shared.service import BUS, POOL, Service, create_app
-from tests.support import eventually
-
-GATEWAY_KEY = Ed25519PrivateKey.generate()
-
-
-def token(subject: str, *scopes: str) -> dict[str, str]:
-    now = int(time.time())
-    claims = {"iss": "cardless-gateway", "aud": "cardless-internal", "sub": subject,
-              "scope": " ".join(scopes), "iat": now, "exp": now + 300}  # fmt: skip
-    signed = jwt.encode(claims, GATEWAY_KEY, algorithm="EdDSA", headers={"kid": "gw-1"})
-    return {"Authorization": f"Bearer {signed}"}
+from tests.support import behind_the_gateway, eventually
+from tests.support import gateway_token as token
 
 
 @pytest.fixture
 async def api(config: PlatformConfig, transit_service: Service) -> AsyncIterator[TestClient]:
-    jwk = json.loads(OKPAlgorithm.to_jwk(GATEWAY_KEY.public_key()))
-    keys = parse_jwks(json.dumps({"keys": [{**jwk, "kid": "gw-1", "alg": "EdDSA"}]}))
-    with_auth = dataclasses.replace(config, auth=AuthConfig(jwks=keys))
-    async with TestClient(TestServer(create_app(transit_service, with_auth))) as client:
+    async with TestClient(
+        TestServer(create_app(transit_service, behind_the_gateway(config)))
+    ) as client:
         yield client
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 async def enrol(api: TestClient, rider: str) -> tuple[Ed25519PrivateKey, bytes]:
@@ -61,13 +45,15 @@ async def enrol(api: TestClient, rider: str) -> tuple[Ed25519PrivateKey, bytes]:
     response = await api.post("/v1/transit/credentials", json={"device_jwk": jwk},
                               headers=token(rider, "transit:ride"))  # fmt: skip
     assert response.status == 201, await response.text()
-    return phone, _unb64((await response.json())["credential"])
+    return phone, base64url_decode((await response.json())["credential"])
 
 
 async def gate(api: TestClient, station: str) -> GateVerifier:
     """A gate at ``station`` with the issuer keys it fetched while the network was up."""
     keys = (await (await api.get("/v1/transit/issuer-keys")).json())["keys"]
-    issuers = {k["kid"]: ridecode.load_public_key(ridecode.ED25519, _unb64(k["x"])) for k in keys}
+    issuers = {
+        k["kid"]: ridecode.load_public_key(ridecode.ED25519, base64url_decode(k["x"])) for k in keys
+    }
     return GateVerifier(station=station, issuer_keys=issuers, deny=DenyList())
 
 

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import jwt
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.wallet.app import ROUTES
-from shared.auth import parse_jwks
-from shared.config import AuthConfig, PlatformConfig
+from shared.config import PlatformConfig
 from shared.service import POOL, Service, create_app
 from tests.provider_peers import new_secret, signed_headers
+from tests.support import behind_the_gateway
+from tests.support import gateway_token as token
 
-GATEWAY_KEY = Ed25519PrivateKey.generate()
 SANDBOX_SECRET = new_secret()
-
-
-def token(subject: str, *scopes: str) -> dict[str, str]:
-    """What the gateway forwards: a short-lived access token for ``subject``."""
-    now = int(time.time())
-    claims = {"iss": "cardless-gateway", "aud": "cardless-internal", "sub": subject,
-              "scope": " ".join(scopes), "iat": now, "exp": now + 300}  # fmt: skip
-    signed = jwt.encode(claims, GATEWAY_KEY, algorithm="EdDSA", headers={"kid": "gw-1"})
-    return {"Authorization": f"Bearer {signed}"}
 
 
 def rider() -> dict[str, str]:
@@ -42,8 +29,6 @@ def rider() -> dict[str, str]:
 async def api(
     config: PlatformConfig, wallet_service: Service, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[TestClient]:
-    jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(GATEWAY_KEY.public_key()))
-    keys = parse_jwks(json.dumps({"keys": [{**jwk, "kid": "gw-1", "alg": "EdDSA"}]}))
     settings = {
         "scheme": "standard-webhooks",
         "secrets": [SANDBOX_SECRET],
@@ -51,8 +36,8 @@ async def api(
         "outgoing_secrets": [new_secret()],
     }
     monkeypatch.setenv("WALLET_PROVIDERS", json.dumps({"sandbox": settings}))  # fmt: skip
-    with_auth = dataclasses.replace(config, auth=AuthConfig(jwks=keys))
-    async with TestClient(TestServer(create_app(wallet_service, with_auth))) as client:
+    app = create_app(wallet_service, behind_the_gateway(config))
+    async with TestClient(TestServer(app)) as client:
         yield client
 
 
