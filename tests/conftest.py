@@ -78,36 +78,31 @@ async def notes(config: PlatformConfig) -> Service:
     return service
 
 
+async def _migrated(service: Service, config: PlatformConfig, namespace: str) -> Service:
+    """``service`` under this test's own schema, migrated."""
+    own = dataclasses.replace(service, name=f"{service.name}_{namespace}")
+    await migrate(own, config.database_url)
+    return own
+
+
 @pytest.fixture
 async def wallet_service(config: PlatformConfig, namespace: str) -> Service:
-    """The wallet under this test's own schema, migrated."""
-    service = dataclasses.replace(WALLET, name=f"wallet_{namespace}")
-    await migrate(service, config.database_url)
-    return service
+    return await _migrated(WALLET, config, namespace)
 
 
 @pytest.fixture
 async def identity_service(config: PlatformConfig, namespace: str) -> Service:
-    """Identity under this test's own schema, migrated."""
-    service = dataclasses.replace(IDENTITY, name=f"identity_{namespace}")
-    await migrate(service, config.database_url)
-    return service
+    return await _migrated(IDENTITY, config, namespace)
 
 
 @pytest.fixture
 async def transit_service(config: PlatformConfig, namespace: str) -> Service:
-    """Transit under this test's own schema, migrated."""
-    service = dataclasses.replace(TRANSIT, name=f"transit_{namespace}")
-    await migrate(service, config.database_url)
-    return service
+    return await _migrated(TRANSIT, config, namespace)
 
 
 @pytest.fixture
 async def gateway_service(config: PlatformConfig, namespace: str) -> Service:
-    """The gateway under this test's own schema, migrated."""
-    service = dataclasses.replace(GATEWAY, name=f"gateway_{namespace}")
-    await migrate(service, config.database_url)
-    return service
+    return await _migrated(GATEWAY, config, namespace)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ Alipay's own SDK and signs its answers with Alipay's key.
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from urllib.parse import urlencode
@@ -17,15 +16,16 @@ from urllib.parse import urlencode
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.wallet import refunds, store, topups
+from services.wallet import topups
 from services.wallet.handlers import SETTINGS
 from shared.config import PlatformConfig
 from shared.db import in_transaction
 from shared.money import Money
-from shared.service import BUS, POOL, Service, create_app
+from shared.service import POOL, Service, create_app
 from tests.alipay_gateway import AlipayGateway
 from tests.provider_peers import alipay_trade_notification, rsa_pem_pair
 from tests.support import eventually
+from tests.wallet_support import ask_refund, balances
 
 APP_ID = "2021000000000002"
 ALIPAY_PRIVATE, ALIPAY_PUBLIC = rsa_pem_pair()
@@ -84,23 +84,6 @@ async def paid_top_up(wallet: TestClient, alipay: AlipayGateway, minor: int) -> 
     return order
 
 
-async def ask_refund(wallet: TestClient, order: topups.TopUpOrder, minor: int) -> uuid.UUID:
-    app = wallet.server.app
-    provider, refund_id = app[SETTINGS].providers["alipay"], uuid.uuid4()
-    await in_transaction(
-        app[POOL],
-        lambda c: refunds.request(
-            c, provider, order.id, Money(minor, "CNY"), refund_id, app[BUS].publish_many
-        ),
-    )
-    return refund_id
-
-
-async def balances(wallet: TestClient, order: topups.TopUpOrder) -> tuple[int, int]:
-    (account,) = await store.accounts(wallet.server.app[POOL], [order.account_id])
-    return account.available, account.debits_posted
-
-
 async def attempts(wallet: TestClient) -> list[str | None]:
     rows = await wallet.server.app[POOL].fetch(
         "SELECT error FROM webhook_attempts ORDER BY at, attempt"
@@ -113,7 +96,7 @@ async def test_alipay_pays_the_refund_back_and_the_hold_is_posted(
 ) -> None:
     alipay, _ = gateway
     order = await paid_top_up(wallet, alipay, 1250)
-    refund_id = await ask_refund(wallet, order, 500)
+    refund_id = await ask_refund(wallet, "alipay", order, 500)
     await eventually(lambda: balances(wallet, order), lambda b: b == (750, 500),
                      what="the refund posted on Alipay's answer")  # fmt: skip
     assert alipay.refunds[str(refund_id)] == Decimal("5.00")
@@ -126,7 +109,7 @@ async def test_a_busy_gateway_is_asked_again_and_refunds_once(
     alipay, _ = gateway
     alipay.busy_answers = 2
     order = await paid_top_up(wallet, alipay, 1000)
-    await ask_refund(wallet, order, 1000)
+    await ask_refund(wallet, "alipay", order, 1000)
     await eventually(lambda: balances(wallet, order), lambda b: b == (0, 1000),
                      what="the refund posted after two busy answers")  # fmt: skip
     assert alipay.calls == 3
@@ -140,7 +123,7 @@ async def test_a_refund_alipay_refuses_gives_the_money_back(
     alipay, _ = gateway
     order = await paid_top_up(wallet, alipay, 1000)
     alipay.trades[str(order.id)] = Decimal("1.00")  # Alipay holds less than we were told
-    await ask_refund(wallet, order, 300)
+    await ask_refund(wallet, "alipay", order, 300)
     await eventually(lambda: balances(wallet, order), lambda b: b == (1000, 0),
                      what="the hold voided on Alipay's refusal")  # fmt: skip
     assert await attempts(wallet) == ["alipay 40004 ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"]
@@ -152,7 +135,7 @@ async def test_an_answer_not_signed_by_alipay_settles_nothing(
     alipay, _ = gateway
     order = await paid_top_up(wallet, alipay, 1000)
     alipay.alipay_private_key = STRANGER_PRIVATE  # someone else answers in Alipay's name
-    await ask_refund(wallet, order, 300)
+    await ask_refund(wallet, "alipay", order, 300)
     await eventually(lambda: attempts(wallet), lambda a: len(a) >= 2,
                      what="the forged answers refused and the call retried")  # fmt: skip
     assert set(await attempts(wallet)) == {"answer refused: no matching signature"}

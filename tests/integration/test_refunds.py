@@ -12,15 +12,16 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.wallet import finance, refunds, store, topups
+from services.wallet import finance, refunds, topups
 from services.wallet.handlers import SETTINGS
 from shared.config import PlatformConfig
 from shared.db import in_transaction
 from shared.money import Money
-from shared.service import BUS, POOL, Service, create_app
+from shared.service import POOL, Service, create_app
 from tests.provider_peers import new_secret, signed_headers
 from tests.sandbox_provider import SandboxProvider
 from tests.support import eventually
+from tests.wallet_support import ask_refund, balances
 
 THEIR_SECRET, OUR_SECRET = new_secret(), new_secret()
 
@@ -85,29 +86,12 @@ async def notify(wallet: TestClient, event_type: str, data: dict[str, str]) -> N
     assert response.status == 204
 
 
-async def ask_refund(wallet: TestClient, order: topups.TopUpOrder, minor: int) -> uuid.UUID:
-    app = wallet.server.app
-    provider, refund_id = app[SETTINGS].providers["sandbox"], uuid.uuid4()
-    await in_transaction(
-        app[POOL],
-        lambda c: refunds.request(
-            c, provider, order.id, Money(minor, "CNY"), refund_id, app[BUS].publish_many
-        ),
-    )
-    return refund_id
-
-
-async def balances(wallet: TestClient, order: topups.TopUpOrder) -> tuple[int, int]:
-    (account,) = await store.accounts(wallet.server.app[POOL], [order.account_id])
-    return account.available, account.debits_posted
-
-
 async def test_a_refund_holds_the_money_asks_the_provider_and_posts_on_its_word(
     wallet: TestClient, sandbox: tuple[SandboxProvider, TestServer]
 ) -> None:
     provider, _ = sandbox
     order = await paid_top_up(wallet, sandbox, 1250)
-    refund_id = await ask_refund(wallet, order, 500)
+    refund_id = await ask_refund(wallet, "sandbox", order, 500)
 
     async def requested() -> list[dict[str, object]]:
         return [e for e in provider.received if e["type"] == "refund.requested"]
@@ -140,7 +124,7 @@ async def test_a_failed_refund_gives_the_money_back_to_the_wallet(
     provider, _ = sandbox
     provider.refunds_fail = True
     order = await paid_top_up(wallet, sandbox, 1000)
-    refund_id = await ask_refund(wallet, order, 300)
+    refund_id = await ask_refund(wallet, "sandbox", order, 300)
     assert await balances(wallet, order) == (700, 0)  # held while the provider works
     await eventually(
         lambda: balances(wallet, order), lambda b: b == (1000, 0), what="the refund voided"
@@ -155,7 +139,7 @@ async def test_a_refund_beyond_what_is_left_is_refused_and_holds_nothing(
 ) -> None:
     order = await paid_top_up(wallet, sandbox, 1250)
     with pytest.raises(refunds.RefundRefused, match=reason):
-        await ask_refund(wallet, order, minor)
+        await ask_refund(wallet, "sandbox", order, minor)
     assert await balances(wallet, order) == (1250, 0)
 
 
@@ -164,10 +148,10 @@ async def test_refunds_together_never_exceed_the_top_up(
 ) -> None:
     sandbox[0].refunds_fail = True  # keep them held: a held refund still counts
     order = await paid_top_up(wallet, sandbox, 1000)
-    await ask_refund(wallet, order, 600)
+    await ask_refund(wallet, "sandbox", order, 600)
     with pytest.raises(refunds.RefundRefused, match="at most"):
-        await ask_refund(wallet, order, 500)
-    await ask_refund(wallet, order, 400)
+        await ask_refund(wallet, "sandbox", order, 500)
+    await ask_refund(wallet, "sandbox", order, 400)
 
 
 async def test_a_final_business_day_is_announced_to_the_provider_once(
