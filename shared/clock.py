@@ -3,7 +3,7 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -45,3 +45,23 @@ async def every(
         except retry_on as exc:
             _log.warning("%s failed; will retry", what, extra={"error": repr(exc)})
         await wait_for_stop(stopping, seconds)
+
+
+# Background work: how often, what to do, and its name for the logs.
+Round = tuple[float, Callable[[], Awaitable[object]], str]
+
+
+@contextlib.asynccontextmanager
+async def rounds(*planned: Round, retry_on: tuple[type[BaseException], ...]) -> AsyncIterator[None]:
+    """Each round ``every`` its period while the block runs (a service's ``cleanup_ctx``):
+    started on entry, stopped and awaited on exit."""
+    stopping = asyncio.Event()
+    tasks = [
+        asyncio.create_task(every(s, work, stopping, retry_on=retry_on, what=what), name=what)
+        for s, work, what in planned
+    ]
+    try:
+        yield
+    finally:
+        stopping.set()
+        await asyncio.gather(*tasks)

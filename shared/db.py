@@ -25,6 +25,9 @@ from shared.config import OperatorError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# The database or the network went away: worth trying again, unlike a bad statement.
+SERVER_FAILURES = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 """A connection, whether taken from a pool or opened alone."""
 Isolation = Literal["read_committed", "repeatable_read", "serializable"]

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import Counter
@@ -39,6 +38,7 @@ from shared import context, http
 from shared.auth import RemoteJwks, StaticKeys, TokenVerifier
 from shared.clock import Clock, every
 from shared.config import AuthConfig, ConfigError
+from shared.db import SERVER_FAILURES
 from shared.keyring import Keyring, RotationPolicy
 from shared.keys import Keys
 from shared.service import CLOCK, CONFIG, POOL, REDIS, Service
@@ -189,7 +189,7 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
         )
 
         stopping = asyncio.Event()
-        retry_on = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+        retry_on = SERVER_FAILURES
         task = asyncio.create_task(
             every(KEYRING_REFRESH_S, parts.rotate, stopping, retry_on=retry_on, what="key rotation")
         )

@@ -3,12 +3,10 @@ audit log, wired onto the platform."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 from aiohttp import web
 from prometheus_client import Counter
 
@@ -18,14 +16,14 @@ from services.identity.events import identity_events
 from services.identity.handlers import CHECKS, KEYRING, SETTINGS, STATUS_LISTS, VERIFIER
 from services.identity.status import StatusLists
 from services.identity.verification import IssuerKeys, Verifier
-from shared.clock import every
+from shared.clock import rounds
+from shared.db import SERVER_FAILURES
 from shared.http import METRICS
 from shared.keyring import Keyring, RotationPolicy
 from shared.service import CLOCK, POOL, Service
 
 KEYRING_REFRESH_S = 3600.0
 ERASE_EVERY_S = 60.0
-_RETRY_ON = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ID = "/v1/identity"
@@ -102,20 +100,14 @@ async def _issuer(app: web.Application) -> AsyncIterator[None]:
     async def erase() -> None:
         await store.erase_unread_claims(pool, clock.now())
 
-    rounds = [
+    async with rounds(
         (KEYRING_REFRESH_S, rotate, "issuer key rotation"),
         (float(settings.status_refresh_s), lambda: lists.refresh(pool), "status list rebuild"),
         (float(settings.checkpoint_s), sign_checkpoint, "audit checkpoint"),
         (ERASE_EVERY_S, erase, "erasing unread claims"),
-    ]
-    stopping = asyncio.Event()
-    tasks = [
-        asyncio.create_task(every(seconds, work, stopping, retry_on=_RETRY_ON, what=what))
-        for seconds, work, what in rounds
-    ]
-    yield
-    stopping.set()
-    await asyncio.gather(*tasks)
+        retry_on=SERVER_FAILURES,
+    ):
+        yield
 
 
 SERVICE = Service(

@@ -3,12 +3,10 @@ priced journeys, wired onto the platform."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import asyncpg
 from aiohttp import web
 
 from services.transit import consumers, handlers, openapi
@@ -17,7 +15,8 @@ from services.transit.events import transit_events
 from services.transit.feed import load
 from services.transit.handlers import KEYRING, PRICER, SETTINGS
 from services.transit.riding import Pricer
-from shared.clock import every
+from shared.clock import rounds
+from shared.db import SERVER_FAILURES
 from shared.keyring import Keyring, RotationPolicy
 from shared.service import CLOCK, POOL, Service
 
@@ -55,14 +54,10 @@ async def _issuer(app: web.Application) -> AsyncIterator[None]:
     keyring = Keyring(app[POOL], app[CLOCK], policy(app[SETTINGS]))
     await keyring.refresh()
     app[KEYRING] = keyring
-    stopping = asyncio.Event()
-    retry_on = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-    task = asyncio.create_task(
-        every(KEYRING_REFRESH_S, keyring.refresh, stopping, retry_on=retry_on, what="key rotation")
-    )
-    yield
-    stopping.set()
-    await task
+    async with rounds(
+        (KEYRING_REFRESH_S, keyring.refresh, "key rotation"), retry_on=SERVER_FAILURES
+    ):
+        yield
 
 
 SERVICE = Service(

@@ -9,7 +9,6 @@ from datetime import date
 from functools import partial
 from pathlib import Path
 
-import asyncpg
 from aiohttp import web
 
 from services.wallet import consumers, finance, handlers, openapi, refunds
@@ -18,8 +17,8 @@ from services.wallet.events import wallet_events
 from services.wallet.topups import Provider, RefundSettled
 from services.wallet.webhooks import Backoff, WebhookSender
 from services.wallet.writer import LedgerWriter
-from shared.clock import every
-from shared.db import Connection, in_transaction
+from shared.clock import rounds
+from shared.db import SERVER_FAILURES, Connection, in_transaction
 from shared.service import BUS, CLOCK, POOL, Service
 
 WRITER = web.AppKey("ledger_writer", LedgerWriter)
@@ -102,15 +101,8 @@ async def _settlement_announcer(app: web.Application) -> AsyncIterator[None]:
         tz, cutoff = settings.business_tz, settings.business_cutoff
         return await finance.announce_final_day(conn, provider, tz, cutoff, clock.now())
 
-    stopping = asyncio.Event()
-    retry_on = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-    task = asyncio.create_task(
-        every(60.0, announce, stopping, retry_on=retry_on, what="settlement announcement"),
-        name="settlement-announcer",
-    )
-    yield
-    stopping.set()
-    await task
+    async with rounds((60.0, announce, "settlement announcement"), retry_on=SERVER_FAILURES):
+        yield
 
 
 SERVICE = Service(

@@ -28,7 +28,7 @@ import msgspec
 from services.wallet import providers
 from services.wallet.topups import Provider, RefundSettled
 from shared.clock import Clock, wait_for_stop
-from shared.db import Connection
+from shared.db import SERVER_FAILURES, Connection
 from shared.ids import new_id
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class WebhookSender:
             while not stopping.is_set():
                 try:
                     sent = await self.send_due(session)
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                except SERVER_FAILURES as exc:
                     log.warning("webhook sending failed; will retry", extra={"error": repr(exc)})
                     sent = 0
                 if not sent:

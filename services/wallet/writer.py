@@ -22,7 +22,7 @@ import asyncpg
 from services.wallet import store
 from services.wallet.events import Publish, expiry_events, ledger_events
 from services.wallet.ledger import Outcome, Transfer
-from shared.db import Connection, in_transaction
+from shared.db import SERVER_FAILURES, Connection, in_transaction
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ class LedgerWriter:
         """An empty batch: it releases holds past their timeout (on database time)."""
         try:
             await in_transaction(self.pool, lambda conn: book(conn, [], self.publish))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except SERVER_FAILURES as exc:
             log.warning("expiring holds failed; will retry", extra={"error": repr(exc)})
 
     async def _commit(self, batch: list[_Submission]) -> None:
