@@ -122,11 +122,17 @@ def load_migrations(component: str, directory: Path) -> list[Migration]:
     return found
 
 
-def plan(migrations_dir: Path | None, component: str) -> list[Migration]:
-    """The platform's bus tables first, then the service's own migrations."""
+def plan(
+    migrations_dir: Path | None, component: str, components: Sequence[str] = ()
+) -> list[Migration]:
+    """The platform's bus tables first, then the service's own migrations, then those of the
+    shared pieces it uses (``components``, e.g. ``keyring``: its tables in the service's
+    schema)."""
     steps = load_migrations("platform", PLATFORM_MIGRATIONS)
     if migrations_dir is not None:
         steps += load_migrations(component, migrations_dir)
+    for shared in components:
+        steps += load_migrations(shared, PLATFORM_MIGRATIONS / shared)
     return steps
 
 

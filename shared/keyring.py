@@ -1,5 +1,6 @@
 """A service's signing keys (the gateway's for access tokens, identity's for credentials):
-kept in its schema's ``signing_keys`` table, so every replica signs with the same key and
+kept in its schema's ``signing_keys`` table (``shared/migrations/keyring``; a service lists
+``keyring`` in its ``components``), so every replica signs with the same key and
 publishes the same JWKS, rotated on a schedule.
 
 Each key is published ``publish_ahead_s`` before it starts signing (so services caching the

@@ -51,13 +51,15 @@ class Service:
     produces: Sequence[EventCatalog] = ()
     subscriptions: Callable[[web.Application], Sequence[Subscription]] = lambda _: ()
     error_map: Mapping[type[Exception], tuple[int, str]] = field(default_factory=dict)
+    # Shared pieces whose tables live in this service's schema (``shared/migrations/<name>``).
+    components: Sequence[str] = ()
 
     @property
     def schema(self) -> str:
         return db.check_schema(self.name.replace("-", "_"))
 
     def migration_plan(self) -> list[db.Migration]:
-        return db.plan(self.migrations, self.name)
+        return db.plan(self.migrations, self.name, self.components)
 
 
 def load(selector: str) -> Service:

@@ -377,4 +377,5 @@ SERVICE = Service(
     name="gateway",
     add_routes=add_routes,
     migrations=Path(__file__).parent / "migrations",
+    components=["keyring"],  # its signing keys, rotated by shared.keyring
 )

@@ -114,5 +114,6 @@ SERVICE = Service(
     name="identity",
     add_routes=add_routes,
     migrations=Path(__file__).parent / "migrations",
+    components=["keyring"],  # its signing keys, rotated by shared.keyring
     produces=[identity_events],
 )

@@ -64,6 +64,7 @@ SERVICE = Service(
     name="transit",
     add_routes=add_routes,
     migrations=Path(__file__).parent / "migrations",
+    components=["keyring"],  # its signing keys, rotated by shared.keyring
     produces=[transit_events],
     subscriptions=consumers.subscriptions,
 )

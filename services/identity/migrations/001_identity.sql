@@ -1,20 +1,6 @@
--- Identity's tables: its signing keys, the credentials it issued (no personal data: that
--- travels in the credential only), their status lists, agencies' verification requests, and
--- the citizens' audit log.
-
--- The issuer's keys, as shared.keyring keeps them (the same table as the gateway's).
-CREATE TABLE signing_keys (
-    kid text PRIMARY KEY,
-    algorithm text NOT NULL CHECK (algorithm IN ('EdDSA', 'ES256')),
-    private_pkcs8 bytea NOT NULL,
-    signs_from timestamptz NOT NULL UNIQUE,
-    signs_until timestamptz NOT NULL,
-    published_until timestamptz NOT NULL,
-    CONSTRAINT signs_for_a_while CHECK (signs_from < signs_until),
-    CONSTRAINT published_after_signing CHECK (signs_until < published_until),
-    CONSTRAINT one_key_signs_at_a_time
-        EXCLUDE USING gist (tstzrange(signs_from, signs_until) WITH &&)
-);
+-- Identity's tables (its signing keys are shared.keyring's): the credentials it issued (no
+-- personal data: that travels in the credential only), their status lists, agencies' requests,
+-- and the citizens' audit log.
 
 -- Each list holds `size` two-bit statuses; a credential takes a random free index of the
 -- newest list, and rows are never deleted, so an index is never given twice.

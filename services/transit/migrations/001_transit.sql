@@ -1,19 +1,5 @@
--- Transit's tables: the issuer keys of ride credentials, pseudonymous riders, the credentials
+-- Transit's tables (its issuer keys are shared.keyring's): pseudonymous riders, the credentials
 -- issued, every tap the gates uploaded, and the journeys priced from them.
-
--- The ride credential issuer's keys, as shared.keyring keeps them (the gateway's table).
-CREATE TABLE signing_keys (
-    kid text PRIMARY KEY,
-    algorithm text NOT NULL CHECK (algorithm IN ('EdDSA', 'ES256')),
-    private_pkcs8 bytea NOT NULL,
-    signs_from timestamptz NOT NULL UNIQUE,
-    signs_until timestamptz NOT NULL,
-    published_until timestamptz NOT NULL,
-    CONSTRAINT signs_for_a_while CHECK (signs_from < signs_until),
-    CONSTRAINT published_after_signing CHECK (signs_until < published_until),
-    CONSTRAINT one_key_signs_at_a_time
-        EXCLUDE USING gist (tstzrange(signs_from, signs_until) WITH &&)
-);
 
 -- The 16-byte pseudonym a ride code carries, for a rider's gateway subject.
 CREATE TABLE riders (
