@@ -134,6 +134,18 @@ def _jwks_entries(text: str) -> list[object]:
 
 
 def _verification_key(where: str, jwk: object) -> VerificationKey:
+    algorithm, key = public_key(jwk, where)
+    assert isinstance(jwk, dict)
+    if not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
+        raise JwksError(f"{where}: needs a kid")
+    return VerificationKey(jwk["kid"], algorithm, key)
+
+
+def public_key(
+    jwk: object, where: str = "jwk"
+) -> tuple[str, Ed25519PublicKey | EllipticCurvePublicKey]:
+    """A public Ed25519 or P-256 key from its JWK, with the one algorithm it is pinned to (a
+    JWKS entry, a phone's key); ``JwksError`` naming ``where`` for anything else."""
     if not isinstance(jwk, dict):
         raise JwksError(f"{where}: expected a JSON object")
     kind = (jwk.get("kty"), jwk.get("crv"))
@@ -144,15 +156,13 @@ def _verification_key(where: str, jwk: object) -> VerificationKey:
         raise JwksError(f"{where}: this key may only sign with {algorithm}")
     if "d" in jwk:
         raise JwksError(f"{where}: holds private key material; publish only the public key")
-    if not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
-        raise JwksError(f"{where}: needs a kid")
     try:
         key = jwt.PyJWK(jwk, algorithm).key
     except jwt.PyJWTError:
         raise JwksError(f"{where}: not a valid {jwk['crv']} public key") from None
     if not isinstance(key, Ed25519PublicKey | EllipticCurvePublicKey):
         raise JwksError(f"{where}: not a public key")
-    return VerificationKey(jwk["kid"], algorithm, key)
+    return algorithm, key
 
 
 class KeySource(Protocol):

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.algorithms import ECAlgorithm
 
 from services.identity import sdjwt
+from shared.auth import JwksError, public_key
 
 ADDRESS_MEMBERS = ("street_address", "locality", "postal_code", "country")
 LABELS = {
@@ -63,14 +64,13 @@ def age_on(birthdate: date, day: date) -> int:
 
 def holder_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
     """The phone's public key from its JWK: P-256 only, since key-binding JWTs are ES256."""
-    if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256" or "d" in jwk:
+    if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
         raise HolderKeyError("holder_jwk: expected a public P-256 JWK (kty EC, crv P-256)")
     try:
-        key = ECAlgorithm.from_jwk(dict(jwk))
-    except Exception as error:  # noqa: BLE001 - pyjwt raises several types for a bad point
-        raise HolderKeyError(f"holder_jwk: {error}") from None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise HolderKeyError("holder_jwk: expected a public key")
+        _, key = public_key(dict(jwk), "holder_jwk")
+    except JwksError as error:
+        raise HolderKeyError(str(error)) from None
+    assert isinstance(key, ec.EllipticCurvePublicKey), "a P-256 JWK gives a P-256 key"
     return key
 
 

@@ -3,7 +3,6 @@ the issuer keys (public), upload taps and sync the deny list (``transit:taps``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -11,16 +10,13 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from jwt.algorithms import ECAlgorithm, OKPAlgorithm
 from jwt.utils import base64url_encode
 
 from services.transit import ridecode, riding, store
 from services.transit.config import TransitConfig
 from services.transit.denylist import Delta, DenyList
 from services.transit.journeys import Direction, Tap
-from shared.auth import authenticate
+from shared.auth import JwksError, authenticate, public_key
 from shared.db import Connection, in_transaction
 from shared.http import Problem, read_body
 from shared.keyring import Keyring
@@ -82,17 +78,11 @@ async def enrol(request: web.Request) -> web.Response:
 
 
 def _device_key(jwk: dict[str, Any]) -> ridecode.PublicKey:
-    key: object = None
-    kind = (jwk.get("kty"), jwk.get("crv"))
-    with contextlib.suppress(Exception):  # pyjwt raises several types for a bad key
-        if kind == ("OKP", "Ed25519"):
-            key = OKPAlgorithm.from_jwk(jwk)
-        elif kind == ("EC", "P-256"):
-            key = ECAlgorithm.from_jwk(jwk)
-    if isinstance(key, Ed25519PublicKey | ec.EllipticCurvePublicKey):
-        return key
-    raise Problem(422, "Unprocessable Content", "device_jwk: a public Ed25519 or P-256 JWK",
-                  type_=f"{PROBLEMS}/device-key")  # fmt: skip
+    try:
+        return public_key(jwk, "device_jwk")[1]
+    except JwksError as error:
+        raise Problem(422, "Unprocessable Content", str(error),
+                      type_=f"{PROBLEMS}/device-key") from None  # fmt: skip
 
 
 async def issuer_keys(request: web.Request) -> web.Response:
