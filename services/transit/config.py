@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import time, timedelta
 from pathlib import Path
 
 from services.transit.feed import DEMO_FEED
-from shared.config import Env
+from shared.config import ConfigError, Env
 
 DAY_S = 86400
 
@@ -26,6 +26,7 @@ class TransitConfig:
     credential_ttl_s: int = DAY_S
     max_journey_s: int = 4 * 3600
     repricing_days: int = 7  # how far back a late tap can still change a journey
+    capping_day_start: time = time(4, 30)  # local time: a capping day runs to 04:29 next day
 
     @property
     def max_journey(self) -> timedelta:
@@ -45,4 +46,15 @@ class TransitConfig:
             max_journey_s=env.integer(
                 "TRANSIT_MAX_JOURNEY_S", cls.max_journey_s, minimum=600, maximum=DAY_S
             ),
+            capping_day_start=_clock_time(
+                "TRANSIT_CAPPING_DAY_START", env.text("TRANSIT_CAPPING_DAY_START", "04:30")
+            ),
         )
+
+
+def _clock_time(name: str, text: str) -> time:
+    try:
+        hours, minutes = (int(part) for part in text.split(":"))
+        return time(hours, minutes)
+    except ValueError:
+        raise ConfigError(f"{name}: expected a local time HH:MM, got {text!r}") from None

@@ -81,7 +81,10 @@ _FARE_COLUMNS = {
         "from_leg_group_id", "to_leg_group_id", "transfer_count", "duration_limit",
         "duration_limit_type", "fare_transfer_type", "fare_product_id",
     },
+    # Cardless's extension, not GTFS (which has no caps): see ``_caps``.
+    "fare_caps.txt": {"rider_category_id", "cap_period", "amount", "currency"},
 }  # fmt: skip
+CAP_PERIODS = ("day", "week")
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,16 @@ class Service:
 
 
 @dataclass(frozen=True, slots=True)
+class Cap:
+    """Cardless's extension: the most a rider of a category pays over a capping day or week."""
+
+    rider_category_id: str
+    period: str  # "day" or "week"
+    amount_minor: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
 class FareAttribute:
     """Fares v1: one fare class."""
 
@@ -235,6 +248,7 @@ class Feed:
     fare_attributes: Mapping[str, FareAttribute]
     fare_rules: tuple[FareRuleV1, ...]
     warnings: tuple[Problem, ...]
+    caps: tuple[Cap, ...] = ()
 
     @property
     def fares(self) -> Literal["v2", "v1", "none"]:
@@ -474,6 +488,7 @@ def _build(r: _Reader) -> Feed:
         services=services,
         fare_attributes=attributes,
         fare_rules=fare_rules,
+        caps=_caps(r, categories),
         warnings=tuple(r.warnings),
     )
 
@@ -622,6 +637,38 @@ def _categories(r: _Reader) -> dict[str, bool]:
             r.error(table.file, line, "rider_category_name", "required value is empty")
         categories[category] = r.value(table, line, row, "is_default_fare_category", _FLAG) == 1
     return categories
+
+
+def _caps(r: _Reader, categories: Mapping[str, bool]) -> tuple[Cap, ...]:
+    """``fare_caps.txt``, Cardless's extension (GTFS has no caps; other consumers ignore the
+    file): a row caps what riders of a category pay in a day or a Monday-to-Sunday week."""
+    table = r.table("fare_caps.txt", ["rider_category_id", "cap_period", "amount", "currency"])
+    caps: dict[tuple[str, str], Cap] = {}
+    for line, row in table.rows:
+        category = r.id(table, line, row, "rider_category_id")
+        if category and category not in categories:
+            r.error(table.file, line, "rider_category_id", f"no rider category {category!r}")
+        period = r.value(table, line, row, "cap_period", _one_of(CAP_PERIODS), required=True)
+        currency = r.value(table, line, row, "currency", _currency, required=True)
+        if period is None or currency is None:
+            continue
+        if (category, period) in caps:
+            r.error(table.file, line, "cap_period", f"a second {period} cap for {category!r}")
+        amount = r.value(table, line, row, "amount", _amount_in(currency), required=True)
+        if amount is not None and amount < 0:
+            r.error(table.file, line, "amount", "a cap cannot be negative")
+        elif amount is not None:
+            caps[category, period] = Cap(category, period, amount, currency)
+    return tuple(caps.values())
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in allowed:
+            raise ValueError(f"{text!r} is not one of {', '.join(allowed)}")
+        return text
+
+    return parse
 
 
 def _media(r: _Reader) -> set[str]:

@@ -173,6 +173,6 @@ async def journeys(request: web.Request) -> web.Response:
          "exit": r["exit_station"], "started_at": r["started_at"].isoformat(),
          "amount_minor": r["amount_minor"], "currency": r["currency"],
          "products": list(r["products"]), "reason": r["reason"],
-         "charged_minor": r["charged_minor"]}
+         "category": r["category"], "charged_minor": r["due_minor"]}
         for r in rows
     ]})  # fmt: skip

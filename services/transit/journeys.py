@@ -38,6 +38,7 @@ class Kind(StrEnum):
     INCOMPLETE = "incomplete"
     EXIT_ONLY = "exit_only"
     OPEN = "open"
+    SUPERSEDED = "superseded"  # kept by the service: a late tap gave its taps to another
 
 
 @dataclass(frozen=True)

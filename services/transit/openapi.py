@@ -31,11 +31,13 @@ _SCHEMAS: dict[str, Any] = {
         optional={"gate": TEXT}, additionalProperties=False),
     "Journeys": obj({"journeys": {"type": "array", "items": obj({
         "journey_id": {"type": "string", "format": "uuid"},
-        "kind": {"enum": ["complete", "incomplete", "exit_only"]},
+        "kind": {"enum": ["complete", "incomplete", "exit_only", "open"]},
         "entry": _NULLABLE_TEXT, "exit": _NULLABLE_TEXT, "started_at": _STAMP,
         "amount_minor": _NULLABLE_INT, "currency": _NULLABLE_TEXT,
         "products": {"type": "array", "items": TEXT}, "reason": _NULLABLE_TEXT,
-        "charged_minor": {"type": "integer"}})}}),
+        "category": _NULLABLE_TEXT,
+        "charged_minor": {"type": "integer", "description": "what the rider is charged for "
+                          "it: the fare, less what the daily and weekly caps waive"}})}}),
 }  # fmt: skip
 
 DOCUMENT: dict[str, Any] = openapi_document(

@@ -1,27 +1,28 @@
-"""Transit's use cases: enrolling a phone (a ride credential), and taps becoming charged
-journeys.
+"""Transit's use cases after the gates: taps become journeys, and journeys what a rider owes.
 
-Every upload re-pairs the riders it touched from all their recent taps (``journeys.pair``),
-prices each settled journey, and charges what its fare exceeds what was charged for it so far
-(a ``transit.fare.charged`` event with a charge id derived from the journey and the charge's
-number, which the wallet applies once). A journey priced lower on re-pairing (an incomplete
-journey whose exit arrived late) owes the rider the difference: recorded on the journey, and
-not yet paid back (the wallet takes no fare refunds yet).
+Every upload re-decides the riders it touched from their taps since the start of the capping
+week that a late tap could still reach (``repricing_days`` back): pair them into journeys
+(``journeys.pair``), price each settled one in the rider's fare category, apply the daily and
+weekly caps in the order the journeys started (``caps``), and state to the wallet every
+journey whose amount owed changed (``transit.fare.due``: the whole amount, under the journey's
+next version). The wallet moves the difference from what it took, as a charge or a refund:
+a late exit that completes an incomplete journey, a journey a late tap superseded, a cap
+reached earlier in the day than was known, all become new ledger transfers, never edits.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
-
-import asyncpg
+from typing import NamedTuple
 
 from services.transit import fares, store
+from services.transit.caps import Capping, Fare
 from services.transit.config import TransitConfig
-from services.transit.events import FareCharged
+from services.transit.events import FareDue
 from services.transit.fares import Quote
 from services.transit.feed import Feed
 from services.transit.journeys import Journey, Kind, Tap, pair
@@ -30,34 +31,50 @@ from shared.db import Connection
 
 log = logging.getLogger(__name__)
 
-# Charge ids are UUIDv5 in this namespace over "<journey id>/<n>": the n-th charge of a journey.
-_CHARGES = uuid.UUID("0b4f3c52-8f7e-4d2a-b1c6-9e5d7a3f2c18")
+OPEN = Quote(None, None, (), "open: the journey has not ended yet")
 
 
 class Pricer:
-    """Prices a journey between stations; one leg on the fare route (see ``TransitConfig``)."""
+    """Prices a journey between stations, one leg on the fare route (see ``TransitConfig``),
+    and caps a rider's journeys; built once per feed."""
 
     def __init__(self, feed: Feed, config: TransitConfig) -> None:
         self.engine, self.config = fares.FareEngine(feed), config
         self.stops, self.zone = tuple(feed.stops), feed.timezone
+        self.categories = frozenset(feed.rider_categories)
+        self.default_category = next(
+            (c for c, default in feed.rider_categories.items() if default), ""
+        )
+        self.capping = Capping(feed.caps, config.capping_day_start, feed.timezone)
         # The farthest fare from a station changes with the timeframe, so by the hour.
         self._farthest = lru_cache(maxsize=4096)(self._farthest_uncached)
 
-    def price(self, journey: Journey) -> Quote:
+    def category(self, credential_category: str | None) -> str:
+        """The fare category a credential's category prices as (the feed's default for one
+        the feed does not know)."""
+        if credential_category in self.categories:
+            return credential_category or ""
+        return self.default_category
+
+    def price(self, journey: Journey, category: str) -> Quote:
+        if not journey.priced:
+            return OPEN
         started = journey.started_at.astimezone(self.zone).replace(tzinfo=None)
         if journey.kind is Kind.COMPLETE:
             assert journey.entry is not None
             assert journey.exit is not None
-            return self._quote(journey.entry.station, journey.exit.station, started)
+            return self._quote(journey.entry.station, journey.exit.station, started, category)
         # Incomplete (no exit) or exit-only (no entry): the most the known end could cost.
         known = journey.entry or journey.exit
         assert known is not None
         hour = started.replace(minute=0, second=0, microsecond=0)
-        return self._farthest(known.station, journey.entry is not None, hour)
+        return self._farthest(known.station, journey.entry is not None, hour, category)
 
-    def _farthest_uncached(self, station: str, from_it: bool, at: datetime) -> Quote:
+    def _farthest_uncached(self, station: str, from_it: bool, at: datetime, category: str) -> Quote:
         quotes = [
-            self._quote(station, other, at) if from_it else self._quote(other, station, at)
+            self._quote(station, other, at, category)
+            if from_it
+            else self._quote(other, station, at, category)
             for other in self.stops
         ]
         known = [q for q in quotes if q.amount_minor is not None]
@@ -65,9 +82,9 @@ class Pricer:
             return Quote(None, None, (), f"no fare from or to {station}")
         return max(known, key=lambda q: q.amount_minor or 0)
 
-    def _quote(self, origin: str, destination: str, at: datetime) -> Quote:
+    def _quote(self, origin: str, destination: str, at: datetime, category: str) -> Quote:
         leg = fares.Leg(self.config.fare_route, origin, destination, at, at)
-        return self.engine.price(fares.Journey((leg,), None, self.config.fare_media))
+        return self.engine.price(fares.Journey((leg,), category or None, self.config.fare_media))
 
 
 async def record_taps(
@@ -79,7 +96,7 @@ async def record_taps(
     config: TransitConfig,
     now: datetime,
 ) -> int:
-    """Keep the new taps and re-price the riders they belong to; how many taps were new."""
+    """Keep the new taps and re-decide the riders they belong to; how many riders that was."""
     riders = await store.add_taps(conn, taps, now)
     for pseudonym in sorted(riders):
         await _reprice(conn, pseudonym, pricer=pricer, bus=bus, config=config, now=now)
@@ -95,53 +112,82 @@ async def _reprice(
     config: TransitConfig,
     now: datetime,
 ) -> None:
-    since = now - timedelta(days=config.repricing_days)
-    taps = await store.taps_of(conn, pseudonym, since)
+    # Journeys are re-decided from the start of a capping week, so that the week's caps see
+    # all of it; taps from a journey's length before that pair with the ones after it.
+    since = pricer.capping.week_start(now - timedelta(days=config.repricing_days))
+    taps, credential_categories = await store.taps_of(conn, pseudonym, since - config.max_journey)
     before = await store.journeys_of(conn, pseudonym, since)
     subject = await store.subject_of(conn, pseudonym)
-    paired = pair(taps, now=now, max_journey=config.max_journey)
-    carried = _carry_charges(before.values(), paired)
-    for journey in paired:
-        if not journey.priced:
+    journeys = sorted(
+        (j for j in pair(taps, now=now, max_journey=config.max_journey) if j.started_at >= since),
+        key=lambda j: j.started_at,
+    )
+    categories = [pricer.category(_credential_category(j, credential_categories)) for j in journeys]
+    quotes = [pricer.price(j, category) for j, category in zip(journeys, categories, strict=True)]
+    owed = pricer.capping.apply([
+        Fare(j.started_at, category, quote.amount_minor, quote.currency)
+        for j, category, quote in zip(journeys, categories, quotes, strict=True)
+    ])  # fmt: skip
+    decided, changes = [], []
+    for journey, category, quote, due in zip(journeys, categories, quotes, owed, strict=True):
+        row = before.get(journey.journey_id)
+        was, version = (row["due_minor"], row["version"]) if row is not None else (0, 0)
+        if due != was:
+            version += 1
+            currency = quote.currency or (row["currency"] if row is not None else None)
+            changes.append(_Change(journey.journey_id, version, was, due, currency))
+        decided.append(store.Decided(journey, category, quote, due, version))
+    kept, superseded = {journey.journey_id for journey in journeys}, []
+    for row in before.values():
+        if row["journey_id"] in kept or row["kind"] == Kind.SUPERSEDED:
             continue
-        price = pricer.price(journey)
-        charged, charges = carried.get(journey.journey_id, (0, 0))
-        owed = (price.amount_minor or 0) - charged
-        if owed > 0 and subject is not None and price.currency is not None:
-            charges += 1
-            await bus.publish(conn, subject, FareCharged(
-                charge_id=uuid.uuid5(_CHARGES, f"{journey.journey_id}/{charges}"),
-                journey_id=journey.journey_id, rider=subject, operator=config.operator,
-                amount=owed, currency=price.currency,
-            ))  # fmt: skip
-            charged += owed
-        elif owed < 0:
-            log.warning("journey re-priced lower: refund owed", extra={"owed_minor": -owed})
-        await store.save_journey(
-            conn, journey, pseudonym, price, (charged, charges), now,
-        )  # fmt: skip
-    kept = {journey.journey_id for journey in paired}
-    await store.drop_journeys(conn, [j for j in before if j not in kept])
+        version = row["version"] + (1 if row["due_minor"] else 0)
+        if row["due_minor"]:
+            changes.append(
+                _Change(row["journey_id"], version, row["due_minor"], 0, row["currency"])
+            )
+        superseded.append((row["journey_id"], version))
+    await _state(conn, bus, subject, changes, config)
+    await store.save_journeys(conn, pseudonym, decided, now)
+    await store.supersede(conn, superseded, now)
+    for journey, quote in zip(journeys, quotes, strict=True):
+        if journey.priced and quote.amount_minor is None:
+            log.warning("journey fare unknown: not charged", extra={"reason": quote.reason})
 
 
-def _carry_charges(
-    before: Iterable[asyncpg.Record], paired: Sequence[Journey]
-) -> dict[uuid.UUID, tuple[int, int]]:
-    """What each journey has been charged, including what was charged for the journeys whose
-    taps it took over (an exit charged alone, then joined by its late entry): a rider is never
-    charged twice for one tap. The charge count stays the journey's own, for fresh ids."""
-    owner = {
-        tap.tap_id: journey.journey_id
-        for journey in paired
-        for tap in (journey.entry, journey.exit)
-        if tap is not None
-    }
-    carried: dict[uuid.UUID, tuple[int, int]] = {}
-    for row in before:
-        taken_by = next((owner[t] for t in (row["entry_tap"], row["exit_tap"]) if t in owner), None)
-        if taken_by is None:
-            continue
-        charged, charges = carried.get(taken_by, (0, 0))
-        own = row["charges"] if row["journey_id"] == taken_by else 0
-        carried[taken_by] = (charged + row["charged_minor"], charges + own)
-    return carried
+class _Change(NamedTuple):
+    journey_id: uuid.UUID
+    version: int
+    was: int
+    due: int
+    currency: str | None
+
+
+async def _state(
+    conn: Connection,
+    bus: Bus,
+    subject: str | None,
+    changes: Sequence[_Change],
+    config: TransitConfig,
+) -> None:
+    """Tell the wallet what each changed journey is owed now, refunds first: a refund for a
+    superseded journey pays for the journey that took its taps."""
+    if not changes:
+        return
+    if subject is None:  # cannot happen: taps come from credentials, issued to known riders
+        log.error("fares owed by a rider transit has no subject for: not stated")
+        return
+    events = [
+        (subject, FareDue(
+            journey_id=c.journey_id, version=c.version, rider=subject,
+            operator=config.operator, amount=c.due, currency=c.currency,
+        ))
+        for c in sorted(changes, key=lambda c: c.due - c.was)
+        if c.currency is not None
+    ]  # fmt: skip
+    await bus.publish_many(conn, events)
+
+
+def _credential_category(journey: Journey, categories: Mapping[uuid.UUID, str]) -> str | None:
+    opening = journey.entry or journey.exit
+    return categories.get(opening.tap_id) if opening is not None else None

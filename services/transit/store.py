@@ -5,7 +5,8 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
@@ -75,68 +76,86 @@ async def add_taps(
     return {bytes(row["pseudonym"]) for row in rows}
 
 
-async def taps_of(conn: Connection, pseudonym: bytes, since: datetime) -> list[Tap]:
-    """A rider's taps since ``since``, locked against a concurrent re-pricing of the rider."""
+async def taps_of(
+    conn: Connection, pseudonym: bytes, since: datetime
+) -> tuple[list[Tap], dict[uuid.UUID, str]]:
+    """A rider's taps since ``since``, and the category of the credential of each, locked
+    against a concurrent re-pricing of the rider."""
     await conn.execute(
         "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", pseudonym.hex()
     )
     rows = await conn.fetch(
-        "SELECT tap_id, station, direction, at FROM taps WHERE pseudonym = $1 AND at >= $2",
+        "SELECT t.tap_id, t.station, t.direction, t.at, c.category FROM taps t"
+        " LEFT JOIN ride_credentials c USING (credential_id)"
+        " WHERE t.pseudonym = $1 AND t.at >= $2",
         pseudonym,
         since,
     )
     rider = pseudonym.hex()
-    return [Tap(r["tap_id"], rider, r["station"], Direction(r["direction"]), r["at"]) for r in rows]
+    taps = [Tap(r["tap_id"], rider, r["station"], Direction(r["direction"]), r["at"]) for r in rows]
+    return taps, {r["tap_id"]: r["category"] for r in rows if r["category"] is not None}
 
 
 async def journeys_of(
     conn: Connection, pseudonym: bytes, since: datetime
 ) -> dict[uuid.UUID, asyncpg.Record]:
+    """A rider's journeys that started since ``since``, as last decided."""
     rows = await conn.fetch(
-        "SELECT journey_id, entry_tap, exit_tap, charged_minor, charges FROM journeys"
+        "SELECT journey_id, kind, due_minor, version, currency FROM journeys"
         " WHERE pseudonym = $1 AND started_at >= $2",
         pseudonym,
-        since - timedelta(days=1),
+        since,
     )
     return {row["journey_id"]: row for row in rows}
 
 
-async def save_journey(
-    conn: Connection,
-    journey: Journey,
-    pseudonym: bytes,
-    price: Quote,
-    charged: tuple[int, int],
-    now: datetime,
+class Decided(NamedTuple):
+    """A journey as priced and capped: ``due`` is what the rider owes for it, stated to the
+    wallet under ``version``."""
+
+    journey: Journey
+    category: str
+    quote: Quote
+    due: int
+    version: int
+
+
+async def save_journeys(
+    conn: Connection, pseudonym: bytes, decided: Sequence[Decided], now: datetime
 ) -> None:
-    await conn.execute(
+    await conn.executemany(
         "INSERT INTO journeys (journey_id, pseudonym, kind, entry_station, exit_station,"
-        " started_at, amount_minor, currency, products, reason, charged_minor, charges, priced_at,"
-        " entry_tap, exit_tap)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
+        " started_at, amount_minor, currency, products, reason, due_minor, version, priced_at,"
+        " entry_tap, exit_tap, category)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
         " ON CONFLICT (journey_id) DO UPDATE SET kind = $3, entry_station = $4,"
         " exit_station = $5, amount_minor = $7, currency = $8, products = $9, reason = $10,"
-        " charged_minor = $11, charges = $12, priced_at = $13, entry_tap = $14, exit_tap = $15",
-        journey.journey_id,
-        pseudonym,
-        journey.kind.value,
-        journey.entry and journey.entry.station,
-        journey.exit and journey.exit.station,
-        journey.started_at,
-        price.amount_minor,
-        price.currency,
-        list(price.products),
-        price.reason,
-        *charged,
-        now,
-        journey.entry and journey.entry.tap_id,
-        journey.exit and journey.exit.tap_id,
+        " due_minor = $11, version = $12, priced_at = $13, entry_tap = $14, exit_tap = $15,"
+        " category = $16",
+        [
+            (
+                d.journey.journey_id, pseudonym, d.journey.kind.value,
+                d.journey.entry and d.journey.entry.station,
+                d.journey.exit and d.journey.exit.station, d.journey.started_at,
+                d.quote.amount_minor, d.quote.currency, list(d.quote.products), d.quote.reason,
+                d.due, d.version, now, d.journey.entry and d.journey.entry.tap_id,
+                d.journey.exit and d.journey.exit.tap_id, d.category,
+            )
+            for d in decided
+        ],
+    )  # fmt: skip
+
+
+async def supersede(
+    conn: Connection, journeys: Sequence[tuple[uuid.UUID, int]], now: datetime
+) -> None:
+    """Journeys a re-pairing gave the taps of to others: kept, owing nothing, so that their
+    versions go on counting up should the same taps ever open them again."""
+    await conn.executemany(
+        "UPDATE journeys SET kind = 'superseded', due_minor = 0, version = $2, priced_at = $3"
+        " WHERE journey_id = $1",
+        [(journey_id, version, now) for journey_id, version in journeys],
     )
-
-
-async def drop_journeys(conn: Connection, journey_ids: Sequence[uuid.UUID]) -> None:
-    """Journeys a re-pairing superseded (their charges now belong to their successors)."""
-    await conn.execute("DELETE FROM journeys WHERE journey_id = ANY($1)", list(journey_ids))
 
 
 async def rider_journeys(
@@ -145,8 +164,9 @@ async def rider_journeys(
     return list(
         await conn.fetch(
             "SELECT j.journey_id, j.kind, j.entry_station, j.exit_station, j.started_at,"
-            " j.amount_minor, j.currency, j.products, j.reason, j.charged_minor"
+            " j.amount_minor, j.currency, j.products, j.reason, j.due_minor, j.category"
             " FROM journeys j JOIN riders r USING (pseudonym) WHERE r.subject = $1"
+            " AND j.kind <> 'superseded'"
             " ORDER BY j.started_at DESC LIMIT $2",
             subject,
             limit,

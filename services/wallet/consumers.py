@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from services.transit.events import FareCharged, transit_events
+from services.transit.events import FareDue, transit_events
 from services.wallet import fares
 from services.wallet.handlers import SETTINGS
 from shared.consumer import Subscription
@@ -18,12 +18,12 @@ from shared.service import BUS
 def subscriptions(app: web.Application) -> Sequence[Subscription]:
     async def charge_fares(conn: Connection, events: list[tuple[Event, Envelope]]) -> None:
         # One ledger batch per run of fares: the operator's account is updated once.
-        charged = [event for event, _ in events if isinstance(event, FareCharged)]
-        await fares.charge(
+        statements = [event for event, _ in events if isinstance(event, FareDue)]
+        await fares.apply(
             conn,
-            charged,
+            statements,
             low_balance=app[SETTINGS].low_balance_minor,
             publish=app[BUS].publish_many,
         )
 
-    return [Subscription(transit_events, batch_handlers={FareCharged: charge_fares})]
+    return [Subscription(transit_events, batch_handlers={FareDue: charge_fares})]

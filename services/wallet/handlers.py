@@ -92,7 +92,9 @@ async def _act(request: web.Request, provider: Provider, notice: Payment | Refun
 
     async def work(conn: Connection) -> str:
         if isinstance(notice, Payment):
-            outcome = await topups.credit(conn, provider, notice, publish)
+            outcome = await topups.credit(
+                conn, provider, notice, publish, low_balance=request.app[SETTINGS].low_balance_minor
+            )
             subject = notice.order_id
         else:
             outcome = await refunds.settle(conn, provider, notice, publish)

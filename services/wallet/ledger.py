@@ -63,6 +63,7 @@ class TransferCode(IntEnum):
     HOLD = 4
     CORRECTION = 5
     SETTLEMENT = 6
+    FARE_REFUND = 7  # a journey re-priced lower: the operator gives back what it took
 
 
 class Result(StrEnum):

@@ -355,3 +355,55 @@ async def expired_holds(conn: Connection) -> list[Transfer]:
           AND h.xmin = pg_current_xact_id()::xid"""
     )
     return [_stored(row).transfer for row in rows]
+
+
+# -- fares owed for journeys ------------------------------------------------------------------
+
+
+async def fare_dues_for_update(
+    conn: Connection, journey_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, tuple[int, int]]:
+    """Each known journey's (version, taken), its row locked until the transaction ends."""
+    rows = await conn.fetch(
+        "SELECT journey_id, version, taken FROM fare_dues WHERE journey_id = ANY($1::uuid[])"
+        " ORDER BY journey_id FOR UPDATE",
+        journey_ids,
+    )
+    return {r["journey_id"]: (r["version"], r["taken"]) for r in rows}
+
+
+async def save_fare_dues(
+    conn: Connection, dues: Sequence[tuple[uuid.UUID, int, uuid.UUID, str, str, str, int]]
+) -> None:
+    """Record each journey's newest statement: (journey, version, wallet, rider, operator,
+    currency, due); what was taken for it is kept."""
+    await conn.executemany(
+        "INSERT INTO fare_dues (journey_id, version, account_id, rider, operator, currency, due,"
+        " taken, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, now())"
+        " ON CONFLICT (journey_id) DO UPDATE SET version = $2, due = $7, updated_at = now()",
+        dues,
+    )
+
+
+async def add_taken(conn: Connection, taken: Sequence[tuple[uuid.UUID, int]]) -> None:
+    """Count money moved for journeys: charged (positive) or refunded (negative)."""
+    await conn.executemany(
+        "UPDATE fare_dues SET taken = taken + $2, updated_at = now() WHERE journey_id = $1", taken
+    )
+
+
+async def fares_owed(
+    conn: Connection, account_id: uuid.UUID
+) -> list[tuple[uuid.UUID, int, str, str, str, int]]:
+    """A wallet's journeys whose charge could not be taken, oldest statement first:
+    (journey, version, rider, operator, currency, still owed), locked."""
+    rows = await conn.fetch(
+        "SELECT journey_id, version, rider, operator, currency, due - taken AS owed"
+        " FROM fare_dues WHERE account_id = $1 AND due > taken ORDER BY updated_at, journey_id"
+        " FOR UPDATE",
+        account_id,
+    )
+    return [
+        (r["journey_id"], r["version"], r["rider"], r["operator"], r["currency"].strip(), r["owed"])
+        for r in rows
+    ]

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import msgspec
 
-from services.wallet import providers, store
+from services.wallet import fares, providers, store
 from services.wallet.events import Publish, TopUpCompleted
 from services.wallet.ledger import (
     LEDGERS,
@@ -285,8 +285,16 @@ async def create_order(
     return order
 
 
-async def credit(conn: Connection, provider: Provider, payment: Payment, publish: Publish) -> str:
-    """Credit the order a verified payment names, once; returns what was done."""
+async def credit(
+    conn: Connection,
+    provider: Provider,
+    payment: Payment,
+    publish: Publish,
+    *,
+    low_balance: int = 0,
+) -> str:
+    """Credit the order a verified payment names, once, and take from it what the rider's
+    journeys still owe (``fares.collect``); returns what was done."""
     order = await store.top_up_for_update(conn, payment.order_id)
     if order is None or order["provider"] != provider.name:
         raise NotificationRejected("no such order for this provider", 404)
@@ -318,4 +326,7 @@ async def credit(conn: Connection, provider: Provider, payment: Payment, publish
         provider=provider.name,
     )
     await publish(conn, [(str(order["account_id"]), completed)])
+    # After the top-up's event: transit lets the rider through, and denies them again if a
+    # fare still cannot be taken.
+    await fares.collect(conn, order["account_id"], low_balance=low_balance, publish=publish)
     return "credited"

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any
 
 import msgspec
@@ -21,7 +22,9 @@ from jwt.utils import base64url_decode
 
 from services.transit import ridecode
 from services.transit.denylist import Delta, DenyList
-from services.transit.events import FareCharged
+from services.transit.events import FareDue
+from services.transit.fares import FareEngine, Journey, Leg
+from services.transit.feed import DEMO_FEED, load
 from services.transit.gate import GateVerifier
 from services.wallet.events import FareDebitFailed, TopUpCompleted
 from shared.config import PlatformConfig
@@ -70,9 +73,10 @@ async def upload(api: TestClient, taps: list[dict[str, Any]]) -> int:
     return response.status
 
 
-async def charges(api: TestClient) -> list[FareCharged]:
+async def statements(api: TestClient) -> list[FareDue]:
+    """What transit told the wallet each journey owes, in the order it told it."""
     rows = await api.app[POOL].fetch("SELECT body FROM outbox ORDER BY seq")
-    return [msgspec.json.decode(decode(bytes(r["body"])).payload, type=FareCharged) for r in rows]
+    return [msgspec.json.decode(decode(bytes(r["body"])).payload, type=FareDue) for r in rows]
 
 
 async def test_a_ride_opens_gates_offline_and_is_charged_once(api: TestClient) -> None:
@@ -96,12 +100,13 @@ async def test_a_ride_opens_gates_offline_and_is_charged_once(api: TestClient) -
     assert await upload(api, taps) == 200
     assert await upload(api, taps) == 200  # and the entry gate sent its batch twice
 
-    [charge] = await charges(api)
-    assert (charge.rider, charge.operator, charge.amount, charge.currency) == (
+    [charge] = await statements(api)
+    assert (charge.rider, charge.operator, charge.amount, charge.currency, charge.version) == (
         "rider-1",
         "metro",
         200,
         "CNY",
+        1,
     )
     [journey] = await journeys(api, "rider-1")
     assert (journey["kind"], journey["entry"], journey["exit"]) == ("complete", "WG", "OT")
@@ -114,7 +119,7 @@ async def journeys(api: TestClient, rider: str) -> list[dict[str, Any]]:
     return list((await response.json())["journeys"])
 
 
-async def test_an_exit_alone_is_charged_the_most_it_could_cost_and_a_late_entry_not_again(
+async def test_an_exit_alone_is_charged_the_most_it_could_cost_and_refunded_when_its_entry_comes(
     api: TestClient,
 ) -> None:
     phone, credential = await enrol(api, "rider-3")
@@ -127,24 +132,86 @@ async def test_an_exit_alone_is_charged_the_most_it_could_cost_and_a_late_entry_
     assert (entered.open, left.open) == (True, True)
     exited_at = datetime.now(UTC) - timedelta(hours=5)  # longer ago than any journey lasts
     assert await upload(api, [tap(left, "OT", "exit", exited_at)]) == 200
-    [charge] = await charges(api)
-    assert charge.amount == max_fare_cny_minor()
+    [alone] = await statements(api)
+    assert (alone.amount, alone.version) == (max_fare_cny_minor(), 1)
 
     # The entry gate was offline; its upload arrives at last: the journey was a short one.
     entry_tap = tap(entered, "WG", "entry", exited_at - timedelta(minutes=20))
     assert await upload(api, [entry_tap]) == 200
-    assert len(await charges(api)) == 1, "the exit's charge covers the journey it is now part of"
+    assert await upload(api, [entry_tap]) == 200  # and again: nothing more is stated
+    _, superseded, whole = await statements(api)
+    assert (superseded.journey_id, superseded.version, superseded.amount) == (
+        alone.journey_id,
+        2,
+        0,
+    )
+    assert (whole.version, whole.amount) == (1, 200)
     [journey] = await journeys(api, "rider-3")
-    assert (journey["kind"], journey["amount_minor"]) == ("complete", 200)
-    assert journey["charged_minor"] == max_fare_cny_minor()  # the difference is owed back
+    assert (journey["kind"], journey["amount_minor"], journey["charged_minor"]) == (
+        "complete",
+        200,
+        200,
+    )
+
+
+async def test_the_daily_cap_waives_what_is_over_it_and_a_late_journey_moves_the_waiver(
+    api: TestClient,
+) -> None:
+    phone, credential = await enrol(api, "rider-4")
+    entry_gate = await gate(api, "WG")
+    now = int(time.time())
+    code = ridecode.make_code(credential, device_key=phone, timestamp=now, counter=1)
+    decision = entry_gate.scan(code, now=now, direction="entry")  # the rider's ids, for taps
+    origin, destination, fare = dearest_ride()
+    [daily_cap] = [
+        c.amount_minor for c in FEED.caps if (c.rider_category_id, c.period) == ("adult", "day")
+    ]
+    assert daily_cap == 3 * fare, "the demo feed's adult day cap is three of its dearest rides"
+    yesterday = datetime.now(FEED.timezone).date() - timedelta(days=1)
+
+    def ride(hour: int) -> list[dict[str, Any]]:
+        start = datetime.combine(yesterday, dt_time(hour), FEED.timezone)
+        return [tap(decision, origin, "entry", start),
+                tap(decision, destination, "exit", start + timedelta(minutes=30))]  # fmt: skip
+
+    assert await upload(api, [t for hour in (10, 11, 12, 13) for t in ride(hour)]) == 200
+    rides = sorted(await journeys(api, "rider-4"), key=lambda j: j["started_at"])
+    assert [(j["amount_minor"], j["charged_minor"]) for j in rides] == [(fare, fare)] * 3 + [
+        (fare, 0)
+    ]
+    assert [s.amount for s in await statements(api)] == [fare] * 3
+
+    # A gate that was offline all morning uploads an earlier ride: the day's third charged
+    # ride is now its fourth, and is refunded.
+    assert await upload(api, ride(9)) == 200
+    rides = sorted(await journeys(api, "rider-4"), key=lambda j: j["started_at"])
+    assert [j["charged_minor"] for j in rides] == [fare] * 3 + [0, 0]
+    *_, refund, charge = await statements(api)
+    assert (refund.journey_id, refund.version, refund.amount) == (
+        uuid.UUID(rides[3]["journey_id"]),
+        2,
+        0,
+    )
+    assert (charge.journey_id, charge.amount) == (uuid.UUID(rides[0]["journey_id"]), fare)
+
+
+FEED = load(DEMO_FEED)
+
+
+def dearest_ride() -> tuple[str, str, int]:
+    """Two stations of the demo metro with its dearest adult fare between them, at 10:00."""
+    engine, at = FareEngine(FEED), datetime(2026, 1, 5, 10)
+    quotes = (
+        (a, b, engine.price(Journey((Leg("L1", a, b, at, at),), None, "qr")).amount_minor or 0)
+        for a in FEED.stops
+        for b in FEED.stops
+    )
+    return max(quotes, key=lambda q: q[2])
 
 
 def max_fare_cny_minor() -> int:
     """The demo metro's dearest fare (4 zones), read from its own feed."""
-    from services.transit.feed import DEMO_FEED, load
-
-    products = load(DEMO_FEED).products
-    return max(p.amount_minor for group in products.values() for p in group)
+    return max(p.amount_minor for group in FEED.products.values() for p in group)
 
 
 @pytest.mark.parametrize(

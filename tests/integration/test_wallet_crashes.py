@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.transit.events import FareCharged, transit_events
+from services.transit.events import FareDue, transit_events
 from services.wallet import store
 from services.wallet.ledger import (
     LEDGERS,
@@ -35,7 +35,7 @@ from shared.db import Connection, in_transaction
 from shared.service import Service, create_app, migrate
 from tests.conftest import service_env
 from tests.gateway_processes import WALLET_NAME, WALLET_TARGET
-from tests.integration.test_fares import charge
+from tests.integration.test_fares import state
 from tests.support import ServiceProcess, eventually
 
 CNY = LEDGERS["CNY"]
@@ -82,11 +82,11 @@ async def fund_riders(pool: asyncpg.Pool) -> None:
     await in_transaction(pool, work)
 
 
-def fares_of_round(n: int) -> list[FareCharged]:
+def fares_of_round(n: int) -> list[FareDue]:
     return [
-        FareCharged(
-            charge_id=uuid.uuid4(),
+        FareDue(
             journey_id=uuid.uuid4(),
+            version=1,
             rider=RIDERS[i % len(RIDERS)],
             operator="metro",
             amount=200 + (n * FARES_PER_ROUND + i) % 7,
@@ -102,12 +102,12 @@ async def test_fares_are_charged_exactly_once_when_the_wallet_is_killed_while_bo
     await fund_riders(ledger)
     env = service_env(config, **{WALLET_NAME: wallet_service.name})
     wallet = ServiceProcess(WALLET_TARGET, env).start()
-    charged: list[FareCharged] = []
+    charged: list[FareDue] = []
     try:
         for n in range(ROUNDS):
             fares = fares_of_round(n)
             before = await operator_credit(ledger)
-            await charge(transit, *fares)
+            await state(transit, *fares)
             charged += fares
             # Let it start on this round, then cut it off wherever it is.
             await eventually(

@@ -127,6 +127,21 @@ def test_the_error_names_every_problem(tmp_path: Path) -> None:
      "agency.txt:2 agency_timezone: 'Mars/Base' is not an IANA time zone"),
     ({"stops": "stop_id,stop_name,parent_station\ns1,One,nowhere\n"},
      "stops.txt:2 parent_station: no stop 'nowhere'"),
+    ({"fare_caps": "rider_category_id,cap_period,amount,currency\nkid,day,5.00,CNY\n"},
+     "fare_caps.txt:2 rider_category_id: no rider category 'kid'"),
+    ({"rider_categories": "rider_category_id,rider_category_name,is_default_fare_category\n"
+                          "adult,Adult,1\n",
+      "fare_caps": "rider_category_id,cap_period,amount,currency\nadult,month,5.00,CNY\n"},
+     "fare_caps.txt:2 cap_period: 'month' is not one of day, week"),
+    ({"rider_categories": "rider_category_id,rider_category_name,is_default_fare_category\n"
+                          "adult,Adult,1\n",
+      "fare_caps": "rider_category_id,cap_period,amount,currency\nadult,day,5.001,CNY\n"},
+     "fare_caps.txt:2 amount: '5.001' is not an amount in CNY"),
+    ({"rider_categories": "rider_category_id,rider_category_name,is_default_fare_category\n"
+                          "adult,Adult,1\n",
+      "fare_caps": "rider_category_id,cap_period,amount,currency\n"
+                   "adult,day,5.00,CNY\nadult,day,6.00,CNY\n"},
+     "fare_caps.txt:3 cap_period: a second day cap for 'adult'"),
 ])  # fmt: skip
 def test_each_error_names_its_file_line_and_field(
     tmp_path: Path, files: dict[str, str], problem: str
