@@ -22,11 +22,12 @@ from jwt.algorithms import OKPAlgorithm
 from jwt.utils import base64url_decode
 
 from services.transit import ridecode
-from services.transit.denylist import DenyList
+from services.transit.denylist import Delta, DenyList
 from services.transit.gate import GateVerifier
 from services.wallet.config import WalletConfig
 from services.wallet.finance import SETTLE_AFTER
 from services.wallet.settlement import BusinessDay
+from tests.integration.test_transit import dearest_ride
 from tests.support import REPO, eventually, free_port
 
 START_TIMEOUT_S = 120
@@ -118,11 +119,7 @@ def last_final_day() -> date:
 async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_path: Path) -> None:
     async with City(tmp_path / "city", CITY) as city, aiohttp.ClientSession() as http:
         assert city.urls["redis"].startswith("redis://127.0.0.1:")
-        services = {
-            name: url
-            for name, url in city.urls.items()
-            if name not in ("redis", "postgres", "ready")
-        }
+        services = {name: url for name, url in city.urls.items() if url.startswith("http://")}
         assert set(services) == {"notes", "wallet", "identity", "transit", "gateway", "sandbox"}
         for url in services.values():
             async with http.get(f"{url}/readyz") as response:
@@ -211,36 +208,133 @@ async def a_ride_through_the_gates_is_charged_once(gateway: str, data_dir: Path)
     jwk = json.loads(OKPAlgorithm.to_jwk(phone.public_key()))
     asked = json.dumps({"device_jwk": jwk})
     enrolled = json.loads(await rider(gateway, data_dir, "POST", "/v1/transit/credentials", asked))
-    credential = base64url_decode(enrolled["credential"])
+    station = Station(gateway, data_dir, base64url_decode(enrolled["credential"]), phone)
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gateway}/v1/transit/issuer-keys") as response:
-            keys = {k["kid"]: ridecode.load_public_key(ridecode.ED25519, base64url_decode(k["x"]))
-                    for k in (await response.json())["keys"]}  # fmt: skip
-        now = int(time.time())
-        taps = []
-        for n, (station, direction) in enumerate((("WG", "entry"), ("OT", "exit"))):
-            gate = GateVerifier(station=station, issuer_keys=keys, deny=DenyList())
-            code = ridecode.make_code(credential, device_key=phone, timestamp=now + n, counter=n)
-            decision = gate.scan(code, now=now + n, direction=direction)
-            assert decision.open, decision.reason
-            rider_id, credential_id = decision.rider or b"", decision.credential_id or b""
-            taps.append({
-                "tap_id": str(uuid.uuid4()), "station": station, "direction": direction,
-                "at": datetime.now(UTC).isoformat(),
-                "rider": base64.b64encode(rider_id).decode(),
-                "credential_id": base64.b64encode(credential_id).decode(),
-            })  # fmt: skip
-        token = await cardless("token", "station-0001", gateway=gateway, data_dir=data_dir)
-        gate_auth = {"Authorization": f"Bearer {token}"}
+        await station.sync(http)
+        now = datetime.now(UTC)
+        taps = [await station.tap("WG", "entry", now), await station.tap("OT", "exit", now)]
         for _ in range(2):  # a gate that was not sure its upload arrived sends it again
-            url, body = f"{gateway}/v1/transit/taps", {"taps": taps}
-            async with http.post(url, json=body, headers=gate_auth) as response:
-                assert response.status == 200, await response.text()
-    await eventually(
-        lambda: balance(gateway, data_dir),
-        lambda now: now == {"currency": "CNY", "available": 800, "held": 0},
-        what="the fare debited once",
-    )
+            await station.upload(http, taps)
+        await eventually(
+            lambda: balance(gateway, data_dir),
+            lambda now: now == {"currency": "CNY", "available": 800, "held": 0},
+            what="the fare debited once",
+        )
+        await a_rider_short_of_money_is_denied_until_a_top_up_pays_the_fare(http, station)
+
+
+async def a_rider_short_of_money_is_denied_until_a_top_up_pays_the_fare(
+    http: aiohttp.ClientSession, station: Station
+) -> None:
+    """The rider (8.00) rides the dearest ride (5.00) there and back through gates that were
+    offline; their taps arrive late. The second fare cannot be taken: the next gate to sync its deny
+    list turns the rider away, until a top-up of 5.00 through the sandbox pays the fare owed
+    and lets them through again (3.00 left)."""
+    gateway, data_dir = station.gateway, station.data_dir
+    origin, destination, fare = dearest_ride()
+    earlier = datetime.now(UTC) - timedelta(hours=2)
+    taps = []
+    for ride in range(2):
+        # The gates of an hour ago: their pass-back memory of this rider is long gone.
+        station = Station(gateway, data_dir, station.credential, station.phone, station.counter)
+        await station.sync(http)  # before the network went down
+        start = earlier + timedelta(minutes=40 * ride)
+        taps += [await station.tap(origin, "entry", start),
+                 await station.tap(destination, "exit", start + timedelta(minutes=30))]  # fmt: skip
+    await station.upload(http, taps)  # the network is back: the day's taps, late
+    await station.upload(http, taps)  # and again
+    await eventually(lambda: station.sync(http), bool, what="the rider on the deny list")
+    assert await station.scan(destination, "entry") == "denied"
+    assert (await balance(gateway, data_dir))["available"] == 800 - fare
+
+    asked = json.dumps({"provider": "sandbox", "amount": fare, "currency": "CNY"})
+    order = json.loads(await rider(gateway, data_dir, "POST", "/v1/wallet/topups", asked))
+    await cardless("sandbox", "pay", order["id"], order["pay"]["amount"],
+                   gateway=gateway, data_dir=data_dir)  # fmt: skip
+    await eventually(lambda: station.sync(http), lambda changed: changed, what="let through")
+    assert await station.scan(destination, "entry") == "ok"
+    assert (await balance(gateway, data_dir))["available"] == 800 - fare, "the fare owed taken"
+
+
+class Station:
+    """Gates at the demo metro's stations, as a station controller runs them: issuer keys and
+    deny list fetched through the gateway while the network is up, codes decided offline,
+    taps uploaded with the gate client's token."""
+
+    def __init__(
+        self,
+        gateway: str,
+        data_dir: Path,
+        credential: bytes,
+        phone: Ed25519PrivateKey,
+        counter: int = 0,  # the phone's: its codes count up
+    ) -> None:
+        self.gateway, self.data_dir = gateway, data_dir
+        self.credential, self.phone, self.counter = credential, phone, counter
+        self.gates: dict[str, GateVerifier] = {}
+        self.deny, self.keys = DenyList(), dict[str, ridecode.PublicKey]()
+
+    async def sync(self, http: aiohttp.ClientSession) -> bool:
+        """Fetch the issuer keys and the deny list's changes; whether the list changed."""
+        async with http.get(f"{self.gateway}/v1/transit/issuer-keys") as response:
+            self.keys = {
+                k["kid"]: ridecode.load_public_key(ridecode.ED25519, base64url_decode(k["x"]))
+                for k in (await response.json())["keys"]
+            }
+        url = f"{self.gateway}/v1/transit/deny-list?since={self.deny.version}"
+        async with http.get(url, headers=await self._auth()) as response:
+            assert response.status in (200, 204), await response.text()
+            body = await response.read()
+        before = self.deny.version
+        if body and before == 0:
+            self.deny = DenyList.load(body)
+        elif body:
+            self.deny.apply(Delta.decode(body))
+        return self.deny.version != before
+
+    async def tap(self, station: str, direction: str, at: datetime) -> dict[str, str]:
+        """The rider's phone shows a fresh code at a gate of ``station``, it opens, and the gate
+        logs the tap as at ``at``."""
+        gate = self._gate(station)
+        self.counter += 1
+        now = int(time.time()) + self.counter
+        code = ridecode.make_code(self.credential, device_key=self.phone, timestamp=now,
+                                  counter=self.counter)  # fmt: skip
+        decision = gate.scan(code, now=now, direction=direction)
+        assert decision.open, decision.reason
+        return {
+            "tap_id": str(uuid.uuid4()), "station": station, "direction": direction,
+            "at": at.isoformat(), "rider": base64.b64encode(decision.rider or b"").decode(),
+            "credential_id": base64.b64encode(decision.credential_id or b"").decode(),
+        }  # fmt: skip
+
+    async def scan(self, station: str, direction: str) -> str:
+        """What a gate of ``station`` decides for the rider's code now: its reason code."""
+        self.counter += 1
+        now = int(time.time()) + self.counter
+        code = ridecode.make_code(self.credential, device_key=self.phone, timestamp=now,
+                                  counter=self.counter)  # fmt: skip
+        return self._gate(station).scan(code, now=now, direction=direction).reason
+
+    async def upload(self, http: aiohttp.ClientSession, taps: list[dict[str, str]]) -> None:
+        url = f"{self.gateway}/v1/transit/taps"
+        async with http.post(url, json={"taps": taps}, headers=await self._auth()) as response:
+            assert response.status == 200, await response.text()
+
+    def _gate(self, station: str) -> GateVerifier:
+        if station not in self.gates:
+            self.gates[station] = GateVerifier(station=station, issuer_keys={}, deny=self.deny)
+        gate = self.gates[station]
+        for kid, key in self.keys.items():
+            gate.add_issuer_key(kid, key)
+        gate.replace_deny_list(self.deny)
+        return gate
+
+    async def _auth(self) -> dict[str, str]:
+        token = await cardless(
+            "token", "station-0001", gateway=self.gateway, data_dir=self.data_dir
+        )
+        return {"Authorization": f"Bearer {token}"}
 
 
 async def audit_verify(database_url: str) -> str:
