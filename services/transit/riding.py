@@ -96,66 +96,27 @@ async def record_taps(
     config: TransitConfig,
     now: datetime,
 ) -> int:
-    """Keep the new taps and re-decide the riders they belong to; how many riders that was."""
-    riders = await store.add_taps(conn, taps, now)
-    for pseudonym in sorted(riders):
-        await _reprice(conn, pseudonym, pricer=pricer, bus=bus, config=config, now=now)
-    return len(riders)
-
-
-async def _reprice(
-    conn: Connection,
-    pseudonym: bytes,
-    *,
-    pricer: Pricer,
-    bus: Bus,
-    config: TransitConfig,
-    now: datetime,
-) -> None:
+    """Keep the new taps and re-decide the riders they belong to; how many riders that was.
+    A few statements an upload, whatever its size: the deciding is pure, per rider."""
+    riders = sorted(await store.add_taps(conn, taps, now))
+    if not riders:
+        return 0
     # Journeys are re-decided from the start of a capping week, so that the week's caps see
     # all of it; taps from a journey's length before that pair with the ones after it.
     since = pricer.capping.week_start(now - timedelta(days=config.repricing_days))
-    taps, credential_categories = await store.taps_of(conn, pseudonym, since - config.max_journey)
-    before = await store.journeys_of(conn, pseudonym, since)
-    subject = await store.subject_of(conn, pseudonym)
-    journeys = sorted(
-        (j for j in pair(taps, now=now, max_journey=config.max_journey) if j.started_at >= since),
-        key=lambda j: j.started_at,
-    )
-    categories = [pricer.category(_credential_category(j, credential_categories)) for j in journeys]
-    quotes = [pricer.price(j, category) for j, category in zip(journeys, categories, strict=True)]
-    owed = pricer.capping.apply([
-        Fare(j.started_at, category, quote.amount_minor, quote.currency)
-        for j, category, quote in zip(journeys, categories, quotes, strict=True)
-    ])  # fmt: skip
-    decided, changes = [], []
-    for journey, category, quote, due in zip(journeys, categories, quotes, owed, strict=True):
-        row = before.get(journey.journey_id)
-        was, version = (row["due_minor"], row["version"]) if row is not None else (0, 0)
-        if due != was:
-            version += 1
-            currency = quote.currency or (row["currency"] if row is not None else None)
-            changes.append(_Change(journey.journey_id, version, was, due, currency))
-        decided.append(store.Decided(journey, category, quote, due, version))
-    kept, superseded = {journey.journey_id for journey in journeys}, []
-    for row in before.values():
-        if row["journey_id"] in kept or row["kind"] == Kind.SUPERSEDED:
-            continue
-        version = row["version"] + (1 if row["due_minor"] else 0)
-        if row["due_minor"]:
-            changes.append(
-                _Change(row["journey_id"], version, row["due_minor"], 0, row["currency"])
-            )
-        superseded.append((row["journey_id"], version))
-    await _state(conn, bus, subject, changes, config)
-    await store.save_journeys(conn, pseudonym, decided, now)
-    await store.supersede(conn, superseded, now)
-    for journey, quote in zip(journeys, quotes, strict=True):
-        if journey.priced and quote.amount_minor is None:
-            log.warning("journey fare unknown: not charged", extra={"reason": quote.reason})
+    history = await store.histories(conn, riders, since, since - config.max_journey)
+    if unknown := len(riders) - len(history):  # a gate vouched for riders transit never had
+        log.error("taps of unknown riders: kept, not priced", extra={"riders": unknown})
+    decisions = [_decide(rider, pricer=pricer, config=config, since=since, now=now)
+                 for rider in history]  # fmt: skip
+    await _state(conn, bus, [c for d in decisions for c in d.changes], config)
+    await store.save_journeys(conn, [j for d in decisions for j in d.journeys], now)
+    await store.supersede(conn, [j for d in decisions for j in d.superseded], now)
+    return len(riders)
 
 
 class _Change(NamedTuple):
+    subject: str
     journey_id: uuid.UUID
     version: int
     was: int
@@ -163,29 +124,68 @@ class _Change(NamedTuple):
     currency: str | None
 
 
+class _Decision(NamedTuple):
+    journeys: list[store.Decided]
+    superseded: list[tuple[uuid.UUID, int]]  # (journey, its version)
+    changes: list[_Change]
+
+
+def _decide(
+    rider: store.History, *, pricer: Pricer, config: TransitConfig, since: datetime, now: datetime
+) -> _Decision:
+    """A rider's journeys since ``since`` from their taps: paired, priced in the category of
+    the credential that opened each, capped in the order they started; and what changed from
+    what was decided before."""
+    journeys = sorted(
+        (j for j in pair(rider.taps, now=now, max_journey=config.max_journey)
+         if j.started_at >= since),
+        key=lambda j: j.started_at,
+    )  # fmt: skip
+    categories = [pricer.category(_credential_category(j, rider.categories)) for j in journeys]
+    quotes = [pricer.price(j, category) for j, category in zip(journeys, categories, strict=True)]
+    owed = pricer.capping.apply([
+        Fare(j.started_at, category, quote.amount_minor, quote.currency)
+        for j, category, quote in zip(journeys, categories, quotes, strict=True)
+    ])  # fmt: skip
+    decided, changes = [], []
+    for journey, category, quote, due in zip(journeys, categories, quotes, owed, strict=True):
+        row = rider.before.get(journey.journey_id)
+        was, version = (row["due_minor"], row["version"]) if row is not None else (0, 0)
+        if due != was:
+            version += 1
+            currency = quote.currency or (row["currency"] if row is not None else None)
+            changes.append(_Change(rider.subject, journey.journey_id, version, was, due, currency))
+        decided.append(store.Decided(rider.pseudonym, journey, category, quote, due, version))
+        if journey.priced and quote.amount_minor is None:
+            log.warning("journey fare unknown: not charged", extra={"reason": quote.reason})
+    kept, superseded = {journey.journey_id for journey in journeys}, []
+    for row in rider.before.values():
+        if row["journey_id"] in kept or row["kind"] == Kind.SUPERSEDED:
+            continue
+        version = row["version"] + (1 if row["due_minor"] else 0)
+        if row["due_minor"]:
+            changes.append(_Change(
+                rider.subject, row["journey_id"], version, row["due_minor"], 0, row["currency"]
+            ))  # fmt: skip
+        superseded.append((row["journey_id"], version))
+    return _Decision(decided, superseded, changes)
+
+
 async def _state(
-    conn: Connection,
-    bus: Bus,
-    subject: str | None,
-    changes: Sequence[_Change],
-    config: TransitConfig,
+    conn: Connection, bus: Bus, changes: Sequence[_Change], config: TransitConfig
 ) -> None:
-    """Tell the wallet what each changed journey is owed now, refunds first: a refund for a
-    superseded journey pays for the journey that took its taps."""
-    if not changes:
-        return
-    if subject is None:  # cannot happen: taps come from credentials, issued to known riders
-        log.error("fares owed by a rider transit has no subject for: not stated")
-        return
+    """Tell the wallet what each changed journey is owed now, a rider's refunds first: a
+    refund for a superseded journey pays for the journey that took its taps."""
     events = [
-        (subject, FareDue(
-            journey_id=c.journey_id, version=c.version, rider=subject,
+        (c.subject, FareDue(
+            journey_id=c.journey_id, version=c.version, rider=c.subject,
             operator=config.operator, amount=c.due, currency=c.currency,
         ))
-        for c in sorted(changes, key=lambda c: c.due - c.was)
+        for c in sorted(changes, key=lambda c: (c.subject, c.due - c.was))
         if c.currency is not None
     ]  # fmt: skip
-    await bus.publish_many(conn, events)
+    if events:
+        await bus.publish_many(conn, events)
 
 
 def _credential_category(journey: Journey, categories: Mapping[uuid.UUID, str]) -> str | None:

@@ -27,13 +27,6 @@ async def pseudonym_of(conn: Connection, subject: str, now: datetime) -> bytes:
     return bytes(found)
 
 
-async def subject_of(conn: Connection, pseudonym: bytes) -> str | None:
-    found: str | None = await conn.fetchval(
-        "SELECT subject FROM riders WHERE pseudonym = $1", pseudonym
-    )
-    return found
-
-
 async def add_credential(
     conn: Connection,
     credential_id: bytes,
@@ -76,43 +69,66 @@ async def add_taps(
     return {bytes(row["pseudonym"]) for row in rows}
 
 
-async def taps_of(
-    conn: Connection, pseudonym: bytes, since: datetime
-) -> tuple[list[Tap], dict[uuid.UUID, str]]:
-    """A rider's taps since ``since``, and the category of the credential of each, locked
-    against a concurrent re-pricing of the rider."""
+class History(NamedTuple):
+    """What re-deciding a rider's journeys needs: their taps, the category of the credential
+    behind each tap, and their journeys as last decided (by id)."""
+
+    pseudonym: bytes
+    subject: str
+    taps: list[Tap]
+    categories: dict[uuid.UUID, str]
+    before: dict[uuid.UUID, asyncpg.Record]
+
+
+async def histories(
+    conn: Connection, pseudonyms: Sequence[bytes], since: datetime, taps_since: datetime
+) -> list[History]:
+    """The riders' taps since ``taps_since`` and journeys started since ``since``, each rider
+    locked until the transaction ends against a concurrent re-deciding (in one order, so two
+    uploads never deadlock). Riders transit does not know are left out."""
     await conn.execute(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::text, 0))", pseudonym.hex()
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(encode(p, 'hex'), 0)))"
+        " FROM (SELECT p FROM unnest($1::bytea[]) AS p ORDER BY p) AS riders",
+        list(pseudonyms),
     )
-    rows = await conn.fetch(
-        "SELECT t.tap_id, t.station, t.direction, t.at, c.category FROM taps t"
+    subjects = await conn.fetch(
+        "SELECT pseudonym, subject FROM riders WHERE pseudonym = ANY($1::bytea[])",
+        list(pseudonyms),
+    )
+    taps = await conn.fetch(
+        "SELECT t.pseudonym, t.tap_id, t.station, t.direction, t.at, c.category FROM taps t"
         " LEFT JOIN ride_credentials c USING (credential_id)"
-        " WHERE t.pseudonym = $1 AND t.at >= $2",
-        pseudonym,
+        " WHERE t.pseudonym = ANY($1::bytea[]) AND t.at >= $2",
+        list(pseudonyms),
+        taps_since,
+    )
+    journeys = await conn.fetch(
+        "SELECT pseudonym, journey_id, kind, due_minor, version, currency FROM journeys"
+        " WHERE pseudonym = ANY($1::bytea[]) AND started_at >= $2",
+        list(pseudonyms),
         since,
     )
-    rider = pseudonym.hex()
-    taps = [Tap(r["tap_id"], rider, r["station"], Direction(r["direction"]), r["at"]) for r in rows]
-    return taps, {r["tap_id"]: r["category"] for r in rows if r["category"] is not None}
-
-
-async def journeys_of(
-    conn: Connection, pseudonym: bytes, since: datetime
-) -> dict[uuid.UUID, asyncpg.Record]:
-    """A rider's journeys that started since ``since``, as last decided."""
-    rows = await conn.fetch(
-        "SELECT journey_id, kind, due_minor, version, currency FROM journeys"
-        " WHERE pseudonym = $1 AND started_at >= $2",
-        pseudonym,
-        since,
-    )
-    return {row["journey_id"]: row for row in rows}
+    found = {
+        bytes(r["pseudonym"]): History(bytes(r["pseudonym"]), r["subject"], [], {}, {})
+        for r in subjects
+    }
+    for r in taps:
+        if (rider := found.get(bytes(r["pseudonym"]))) is not None:
+            rider.taps.append(Tap(r["tap_id"], rider.pseudonym.hex(), r["station"],
+                                  Direction(r["direction"]), r["at"]))  # fmt: skip
+            if r["category"] is not None:
+                rider.categories[r["tap_id"]] = r["category"]
+    for r in journeys:
+        if (rider := found.get(bytes(r["pseudonym"]))) is not None:
+            rider.before[r["journey_id"]] = r
+    return [found[p] for p in pseudonyms if p in found]
 
 
 class Decided(NamedTuple):
     """A journey as priced and capped: ``due`` is what the rider owes for it, stated to the
     wallet under ``version``."""
 
+    pseudonym: bytes
     journey: Journey
     category: str
     quote: Quote
@@ -120,9 +136,7 @@ class Decided(NamedTuple):
     version: int
 
 
-async def save_journeys(
-    conn: Connection, pseudonym: bytes, decided: Sequence[Decided], now: datetime
-) -> None:
+async def save_journeys(conn: Connection, decided: Sequence[Decided], now: datetime) -> None:
     await conn.executemany(
         "INSERT INTO journeys (journey_id, pseudonym, kind, entry_station, exit_station,"
         " started_at, amount_minor, currency, products, reason, due_minor, version, priced_at,"
@@ -134,7 +148,7 @@ async def save_journeys(
         " category = $16",
         [
             (
-                d.journey.journey_id, pseudonym, d.journey.kind.value,
+                d.journey.journey_id, d.pseudonym, d.journey.kind.value,
                 d.journey.entry and d.journey.entry.station,
                 d.journey.exit and d.journey.exit.station, d.journey.started_at,
                 d.quote.amount_minor, d.quote.currency, list(d.quote.products), d.quote.reason,

@@ -273,3 +273,28 @@ async def test_the_service_describes_every_route_it_serves(api: TestClient) -> N
         (method.upper(), path) for path, ops in document["paths"].items() for method in ops
     }
     assert described == {(method, path) for method, path, _ in ROUTES}
+
+
+async def test_one_upload_of_many_riders_taps_prices_each_riders_own_journeys(
+    api: TestClient,
+) -> None:
+    origin, destination, fare = dearest_ride()
+    start, taps, riders = datetime.now(UTC) - timedelta(hours=1), [], {}
+    for n in range(3):
+        phone, credential = await enrol(api, f"rider-many-{n}")
+        now = int(time.time())
+        code = ridecode.make_code(credential, device_key=phone, timestamp=now, counter=1)
+        decision = (await gate(api, origin)).scan(code, now=now, direction="entry")
+        rides = n + 1  # rider n rides n + 1 times
+        for ride in range(rides):
+            at = start + timedelta(minutes=10 * ride)
+            taps += [tap(decision, origin, "entry", at),
+                     tap(decision, destination, "exit", at + timedelta(minutes=5))]  # fmt: skip
+        riders[f"rider-many-{n}"] = rides
+    assert await upload(api, taps[::-1]) == 200  # in any order
+    for rider, rides in riders.items():
+        assert [j["charged_minor"] for j in await journeys(api, rider)] == [fare] * rides
+    stated = await statements(api)
+    assert {r: sum(s.amount for s in stated if s.rider == r) for r in riders} == {
+        r: fare * rides for r, rides in riders.items()
+    }
