@@ -232,7 +232,31 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help="e.g. bus")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
     bench.set_defaults(run=_bench)
+
+    gate = commands.add_parser(
+        "gate", help="a station's bank of gates: codes on stdin, a JSON decision line each"
+    )
+    gate.add_argument("--station", required=True, help="the station's id, e.g. WG")
+    gate.add_argument("--gates", type=int, default=4, help="gates: half entry, half exit")
+    gate.add_argument("--client", default="station-0001", help="the gate's client at the gateway")
+    gate.add_argument("--batch", type=int, default=500, help="taps per upload (default 500)")
+    gate.add_argument("--sync-s", type=float, default=60.0, help="seconds between key syncs")
+    gate.add_argument("--gateway", help="the gateway (default http://127.0.0.1:8080)")
+    gate.add_argument("--data-dir", help="the city's (keys; the gate's disk in gates/<station>)")
+    gate.set_defaults(run=_gate)
     return parser
+
+
+def _gate(args: argparse.Namespace) -> int:
+    """A station controller: scan codes from stdin, buffer taps on disk, upload them."""
+    from services.transit import station
+
+    logs.configure("gate", "info")
+    settings = station.StationSettings(
+        station=args.station, gateway_url=_gateway(args), data_dir=_data_dir(args),
+        client_id=args.client, gates=args.gates, batch=args.batch, sync_s=args.sync_s,
+    )  # fmt: skip
+    return station.main(settings)
 
 
 if __name__ == "__main__":
