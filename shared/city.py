@@ -1,7 +1,8 @@
 """``cardless up``: the whole city on one machine.
 
 Starts embedded Valkey and PostgreSQL when no ``REDIS_URL`` / ``DATABASE_URL`` is given, applies
-every service's migrations, starts each service as its own OS process (``cardless serve``), waits
+every service's migrations, seeds the demo riders (``CARDLESS_DEMO_RIDERS``, each service its
+own part), starts each service as its own OS process (``cardless serve``), waits
 until each answers ``/readyz``, then starts the gateway in front of them (told where they are,
 with the demo city's clients from ``demo``) and, for the wallet, the demo's sandbox payment
 provider, prints where everything is, and on Ctrl-C or
@@ -15,6 +16,7 @@ import asyncio
 import contextlib
 import ctypes
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -30,6 +32,7 @@ from typing import Literal
 from services.gateway import demo
 from services.identity import holder
 from services.wallet import sandbox
+from shared import riders
 from shared import service as services
 from shared.config import Env, OperatorError
 from shared.embedded import EmbeddedServers
@@ -79,6 +82,10 @@ def up(
         print(f"redis: {urls.redis_url}", flush=True)
         print(f"postgres: {urls.database_url}", flush=True)
         asyncio.run(_migrate_all(chosen, urls.database_url))
+        schemas = {service.name: service.schema for service in chosen}
+        seeded = asyncio.run(riders.seed(schemas, urls.database_url, data_dir, environ))
+        if seeded:
+            print(f"riders: {seeded} demo riders, keys in {data_dir / 'riders'}", flush=True)
         procs: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         gateway_port = Env(environ).integer("GATEWAY_PORT", 8080)
         env = _city_env(environ, urls, data_dir, gateway_port, with_sandbox="wallet" in names)
@@ -88,10 +95,11 @@ def up(
                 procs[sandbox.SANDBOX] = _spawn_sandbox(env, data_dir, gateway_port)
             for name, service in zip(names, chosen, strict=True):
                 if service.name != GATEWAY:
-                    procs[service.name] = _spawn(["serve", name], free_port(), env)
+                    procs.update(_spawn_service(service.name, name, env))
             _wait_all_ready(procs, stop)
             if GATEWAY in names:
-                upstreams = {name: url for name, (_, url) in procs.items()}
+                # One address per service: its further workers share its port.
+                upstreams = {n: url for n, (_, url) in procs.items() if not _WORKER.search(n)}
                 # Upstreams given in the environment (a service run elsewhere) come on top.
                 upstreams.update(_given_upstreams(environ))
                 procs.update(_spawn_gateway(env, upstreams, gateway_port))
@@ -100,6 +108,22 @@ def up(
             return _supervise(procs, stop)
         finally:
             _terminate(procs)
+
+
+_WORKER = re.compile(r"-[0-9]+$")  # a service's second, third… process: "transit-2"
+
+
+def _spawn_service(
+    name: str, selector: str, env: Mapping[str, str]
+) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
+    """A service's processes (``<NAME>_WORKERS``, default 1) sharing one port, as replicas do:
+    a process is one core, and the bus shares work between replicas (leases, advisory locks)."""
+    variable = f"{name.upper().replace('-', '_')}_WORKERS"
+    workers = Env(env).integer(variable, 1, minimum=1, maximum=64)
+    worker_env = {**env, "HTTP_REUSE_PORT": "1" if workers > 1 else "0"}
+    port = free_port()
+    names = [name] + [f"{name}-{i}" for i in range(2, workers + 1)]
+    return {n: _spawn(["serve", selector], port, worker_env) for n in names}
 
 
 def _spawn_gateway(

@@ -143,6 +143,16 @@ def _audit(args: argparse.Namespace) -> int:
     return 1
 
 
+def _riders(args: argparse.Namespace) -> int:
+    """Fresh ride codes of the demo riders, one base64url line each, for a gate's stdin."""
+    from shared import riders
+
+    codes = riders.ride_codes(_data_dir(args), args.start, args.count)
+    sys.stdout.write("".join(f"{code}\n" for code in codes))
+    sys.stdout.flush()
+    return 0
+
+
 def _data_dir(args: argparse.Namespace) -> Path:
     from shared import city
 
@@ -224,12 +234,19 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("action", choices=["verify"])
     audit.set_defaults(run=_audit)
 
+    riders = commands.add_parser("riders", help="the demo riders (seeded by `up`): ride codes")
+    riders.add_argument("action", choices=["codes"])
+    riders.add_argument("--count", type=int, default=1, help="how many riders (default 1)")
+    riders.add_argument("--start", type=int, default=0, help="the first rider's number")
+    riders.add_argument("--data-dir", help="where `up` keeps the demo riders' keys")
+    riders.set_defaults(run=_riders)
+
     for demo_command in (token, rider, pay, id_check):
         demo_command.add_argument("--gateway", help="the gateway (default http://127.0.0.1:8080)")
         demo_command.add_argument("--data-dir", help="where `up` keeps the demo keys")
 
     bench = commands.add_parser("bench", help="run a benchmark; ends with one JSON line")
-    bench.add_argument("name", help="e.g. bus")
+    bench.add_argument("name", help="e.g. bus, ledger, gateway, identity, taps")
     bench.add_argument("options", nargs=argparse.REMAINDER, help="passed to the benchmark")
     bench.set_defaults(run=_bench)
 

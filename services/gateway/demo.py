@@ -1,4 +1,5 @@
-"""The demo city's clients and a rider's phone, so a newcomer can try the city after ``up``.
+"""The demo city's clients, a rider's phone and the demo riders' phones, so a newcomer can try
+the city after ``up``.
 
 Each demo client gets an Ed25519 key in the data directory (``clients/<id>.pem``, readable by
 its owner only) and a row in ``clients/clients.json``, the registry the gateway reads
@@ -7,19 +8,29 @@ with that key and trades it for an access token at the gateway, as a real client
 
 ``cardless rider ...`` plays a rider's phone the same way: its key (``rider/phone.pem``) signs
 the sign-in, and every request carries a DPoP proof, as the phone app's would.
+
+The demo riders (``up`` seeds a few thousand) have phone keys derived from one secret kept in
+the data directory (``riders/seed``), so any tool rebuilds rider i's key without 2000 PEMs;
+each is a gateway rider, as its first sign-in would have made it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -32,7 +43,9 @@ from cryptography.hazmat.primitives.serialization import (
 from services.gateway.assertions import DPOP_TYP, access_token_hash
 from services.gateway.tokens import CLIENT_ASSERTION_TYPE, JWT_BEARER
 from shared.config import OperatorError
+from shared.db import Connection
 from shared.ids import new_id
+from shared.keyring import jwk_thumbprint
 
 # Who the demo city lets in, and with what: one of each kind of client.
 DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -195,3 +208,59 @@ def call(request: urllib.request.Request) -> tuple[int, Any]:
             return error.code, text
     except OSError as error:
         raise DemoError(f"cannot reach the gateway at {request.full_url}: {error}") from None
+
+
+# -- the demo riders: phone keys derived from one secret --------------------------------------
+
+SEED_BYTES = 32
+
+
+def rider_seed(data_dir: Path, *, create: bool = True) -> bytes:
+    """The secret the demo riders' phone keys derive from (``riders/seed``, owner only); made
+    on first use, unless ``create`` is false (then DemoError if there is none)."""
+    path = data_dir / "riders" / "seed"
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
+        else:
+            with os.fdopen(fd, "wb") as file:
+                file.write(secrets.token_bytes(SEED_BYTES))
+    try:
+        seed = path.read_bytes()
+    except FileNotFoundError:
+        raise DemoError(f"no demo riders in {path.parent}: run `cardless up` first") from None
+    if len(seed) != SEED_BYTES:
+        raise DemoError(f"{path} is not a demo riders' seed ({SEED_BYTES} bytes)")
+    return seed
+
+
+def phone_key(seed: bytes, index: int) -> Ed25519PrivateKey:
+    """Demo rider ``index``'s phone key: the same in every tool that holds the seed."""
+    raw = hmac.new(seed, f"cardless demo phone {index}".encode(), hashlib.sha256).digest()
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def phone_thumbprint(key: Ed25519PrivateKey) -> str:
+    """The ``jkt`` the token endpoint knows a phone by (RFC 7638, as its sign-in computes it)."""
+    return jwk_thumbprint(_rider_jwk(key))
+
+
+async def seed_riders(conn: Connection, jkts: Sequence[str], now: datetime) -> list[str]:
+    """The gateway's riders of these phone keys, made where missing as a first sign-in makes
+    them: their subjects, in order. A key that signed in before keeps its rider."""
+    await conn.execute(
+        "INSERT INTO riders (rider_id, jkt, created_at)"
+        " SELECT r.*, $3::timestamptz FROM unnest($1::text[], $2::text[]) AS r"
+        " ON CONFLICT (jkt) DO NOTHING",
+        [f"rider_{new_id()}" for _ in jkts],
+        list(jkts),
+        now,
+    )
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT jkt, rider_id FROM riders WHERE jkt = ANY($1::text[])", list(jkts)
+    )
+    subjects = {row["jkt"]: row["rider_id"] for row in rows}
+    return [subjects[jkt] for jkt in jkts]

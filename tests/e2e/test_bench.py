@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -35,3 +36,24 @@ async def test_a_benchmark_stopped_by_sigterm_stops_the_servers_it_started() -> 
         return [p for p in servers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
     await eventually(running, lambda left: not left, within=30, what="servers stopped")
+
+
+async def test_the_taps_benchmark_charges_every_journey_it_uploads_exactly_once() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    options = ("--riders", "30", "--journeys", "120", "--batch", "20", "--uploaders", "3")
+    bench = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "shared.cli", "bench", "taps", *options),
+        env={**env, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await asyncio.wait_for(bench.communicate(), 100)
+    assert bench.returncode == 0, out.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["bench"] == "taps"
+    # The bench itself fails unless each journey has exactly one fare transfer; its line says so.
+    assert (result["taps"], result["journeys"], result["posted"]) == (240, 120, 120)
+    assert result["riders"] == 30
+    for number in ("taps_per_s", "p99_ms", "raw_insert_taps_per_s", "ratio"):
+        assert result[number] > 0, number
