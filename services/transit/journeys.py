@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 
 # Journey ids are UUIDv5 in this namespace, over the opening tap's id.
 _JOURNEYS = uuid.UUID("6f1c2a1e-5b0d-4c7e-9a51-3c1f0e8d2b47")
@@ -73,7 +74,12 @@ class Journey:
 
 
 def journey_id(opening: Tap) -> uuid.UUID:
-    return uuid.uuid5(_JOURNEYS, str(opening.tap_id))
+    return _journey_id(opening.tap_id)
+
+
+@lru_cache(maxsize=65536)  # a rider's week is paired again at each upload
+def _journey_id(tap_id: uuid.UUID) -> uuid.UUID:
+    return uuid.uuid5(_JOURNEYS, str(tap_id))
 
 
 def pair(taps: Iterable[Tap], *, now: datetime, max_journey: timedelta) -> list[Journey]:

@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import NamedTuple
 
+import asyncpg
+
 from services.transit import fares, store
 from services.transit.caps import Capping, Fare
 from services.transit.config import TransitConfig
@@ -48,6 +50,8 @@ class Pricer:
         self.capping = Capping(feed.caps, config.capping_day_start, feed.timezone)
         # The farthest fare from a station changes with the timeframe, so by the hour.
         self._farthest = lru_cache(maxsize=4096)(self._farthest_uncached)
+        # A rider's week is re-priced at each upload: the same rides, the same quotes.
+        self._quote = lru_cache(maxsize=65536)(self._quote_uncached)
 
     def category(self, credential_category: str | None) -> str:
         """The fare category a credential's category prices as (the feed's default for one
@@ -82,7 +86,7 @@ class Pricer:
             return Quote(None, None, (), f"no fare from or to {station}")
         return max(known, key=lambda q: q.amount_minor or 0)
 
-    def _quote(self, origin: str, destination: str, at: datetime, category: str) -> Quote:
+    def _quote_uncached(self, origin: str, destination: str, at: datetime, category: str) -> Quote:
         leg = fares.Leg(self.config.fare_route, origin, destination, at, at)
         return self.engine.price(fares.Journey((leg,), category or None, self.config.fare_media))
 
@@ -155,7 +159,8 @@ def _decide(
             version += 1
             currency = quote.currency or (row["currency"] if row is not None else None)
             changes.append(_Change(rider.subject, journey.journey_id, version, was, due, currency))
-        decided.append(store.Decided(rider.pseudonym, journey, category, quote, due, version))
+        if _changed(row, journey, category, quote, version):
+            decided.append(store.Decided(rider.pseudonym, journey, category, quote, due, version))
         if journey.priced and quote.amount_minor is None:
             log.warning("journey fare unknown: not charged", extra={"reason": quote.reason})
     kept, superseded = {journey.journey_id for journey in journeys}, []
@@ -186,6 +191,20 @@ async def _state(
     ]  # fmt: skip
     if events:
         await bus.publish_many(conn, events)
+
+
+def _changed(
+    row: asyncpg.Record | None, journey: Journey, category: str, quote: Quote, version: int
+) -> bool:
+    """Whether a journey differs from how it was saved (most of a rider's week does not)."""
+    if row is None:
+        return True
+    entry, exit_ = journey.entry, journey.exit
+    return (row["kind"], row["entry_tap"], row["exit_tap"], row["amount_minor"],
+            row["category"], row["version"]) != (
+        journey.kind.value, entry and entry.tap_id, exit_ and exit_.tap_id, quote.amount_minor,
+        category, version,
+    )  # fmt: skip
 
 
 def _credential_category(journey: Journey, categories: Mapping[uuid.UUID, str]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -103,7 +104,8 @@ async def histories(
         taps_since,
     )
     journeys = await conn.fetch(
-        "SELECT pseudonym, journey_id, kind, due_minor, version, currency FROM journeys"
+        "SELECT pseudonym, journey_id, kind, due_minor, version, currency, entry_tap, exit_tap,"
+        " amount_minor, category FROM journeys"
         " WHERE pseudonym = ANY($1::bytea[]) AND started_at >= $2",
         list(pseudonyms),
         since,
@@ -137,27 +139,46 @@ class Decided(NamedTuple):
 
 
 async def save_journeys(conn: Connection, decided: Sequence[Decided], now: datetime) -> None:
-    await conn.executemany(
+    """Write the journeys decided, in one statement (products as JSON arrays: a column of
+    arrays of different lengths is no SQL array)."""
+    if not decided:
+        return
+    await conn.execute(
         "INSERT INTO journeys (journey_id, pseudonym, kind, entry_station, exit_station,"
         " started_at, amount_minor, currency, products, reason, due_minor, version, priced_at,"
         " entry_tap, exit_tap, category)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-        " ON CONFLICT (journey_id) DO UPDATE SET kind = $3, entry_station = $4,"
-        " exit_station = $5, amount_minor = $7, currency = $8, products = $9, reason = $10,"
-        " due_minor = $11, version = $12, priced_at = $13, entry_tap = $14, exit_tap = $15,"
-        " category = $16",
-        [
-            (
-                d.journey.journey_id, d.pseudonym, d.journey.kind.value,
-                d.journey.entry and d.journey.entry.station,
-                d.journey.exit and d.journey.exit.station, d.journey.started_at,
-                d.quote.amount_minor, d.quote.currency, list(d.quote.products), d.quote.reason,
-                d.due, d.version, now, d.journey.entry and d.journey.entry.tap_id,
-                d.journey.exit and d.journey.exit.tap_id, d.category,
-            )
-            for d in decided
-        ],
-    )  # fmt: skip
+        " SELECT j.id, j.pseudonym, j.kind, j.entry_station, j.exit_station, j.started_at,"
+        " j.amount, j.currency, ARRAY(SELECT jsonb_array_elements_text(j.products::jsonb)),"
+        " j.reason, j.due, j.version, $13, j.entry_tap, j.exit_tap, j.category"
+        " FROM unnest($1::uuid[], $2::bytea[], $3::text[], $4::text[], $5::text[],"
+        " $6::timestamptz[], $7::bigint[], $8::text[], $9::text[], $10::text[], $11::bigint[],"
+        " $12::int[], $14::uuid[], $15::uuid[], $16::text[]) AS j(id, pseudonym, kind,"
+        " entry_station, exit_station, started_at, amount, currency, products, reason, due,"
+        " version, entry_tap, exit_tap, category)"
+        " ON CONFLICT (journey_id) DO UPDATE SET kind = EXCLUDED.kind,"
+        " entry_station = EXCLUDED.entry_station, exit_station = EXCLUDED.exit_station,"
+        " amount_minor = EXCLUDED.amount_minor, currency = EXCLUDED.currency,"
+        " products = EXCLUDED.products, reason = EXCLUDED.reason,"
+        " due_minor = EXCLUDED.due_minor, version = EXCLUDED.version,"
+        " priced_at = EXCLUDED.priced_at, entry_tap = EXCLUDED.entry_tap,"
+        " exit_tap = EXCLUDED.exit_tap, category = EXCLUDED.category",
+        [d.journey.journey_id for d in decided],
+        [d.pseudonym for d in decided],
+        [d.journey.kind.value for d in decided],
+        [d.journey.entry and d.journey.entry.station for d in decided],
+        [d.journey.exit and d.journey.exit.station for d in decided],
+        [d.journey.started_at for d in decided],
+        [d.quote.amount_minor for d in decided],
+        [d.quote.currency for d in decided],
+        [json.dumps(d.quote.products) for d in decided],
+        [d.quote.reason for d in decided],
+        [d.due for d in decided],
+        [d.version for d in decided],
+        now,
+        [d.journey.entry and d.journey.entry.tap_id for d in decided],
+        [d.journey.exit and d.journey.exit.tap_id for d in decided],
+        [d.category for d in decided],
+    )
 
 
 async def supersede(
@@ -165,10 +186,15 @@ async def supersede(
 ) -> None:
     """Journeys a re-pairing gave the taps of to others: kept, owing nothing, so that their
     versions go on counting up should the same taps ever open them again."""
-    await conn.executemany(
-        "UPDATE journeys SET kind = 'superseded', due_minor = 0, version = $2, priced_at = $3"
-        " WHERE journey_id = $1",
-        [(journey_id, version, now) for journey_id, version in journeys],
+    if not journeys:
+        return
+    await conn.execute(
+        "UPDATE journeys SET kind = 'superseded', due_minor = 0, version = s.version,"
+        " priced_at = $3 FROM unnest($1::uuid[], $2::int[]) AS s(id, version)"
+        " WHERE journey_id = s.id",
+        [journey_id for journey_id, _ in journeys],
+        [version for _, version in journeys],
+        now,
     )
 
 
