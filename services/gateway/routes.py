@@ -98,6 +98,7 @@ ROUTES: tuple[Route, ...] = (
     # Transit: riders' phones enrol and read their journeys; gates fetch keys and upload taps.
     Route("GET", f"{TR}/openapi.json", "transit", None),
     Route("POST", f"{TR}/credentials", "transit", ("transit:ride",)),
+    Route("GET", f"{TR}/credentials", "transit", ("transit:ride",), rate_class="read"),
     Route("GET", f"{TR}/issuer-keys", "transit", None, rate_class="read"),
     Route(
         "POST",

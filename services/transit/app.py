@@ -27,6 +27,7 @@ T = "/v1/transit"
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", f"{T}/openapi.json", openapi.document),
     ("POST", f"{T}/credentials", handlers.enrol),
+    ("GET", f"{T}/credentials", handlers.standing),
     ("GET", f"{T}/issuer-keys", handlers.issuer_keys),
     ("POST", f"{T}/taps", handlers.upload_taps),
     ("GET", f"{T}/journeys", handlers.journeys),

@@ -29,6 +29,7 @@ KEYRING = web.AppKey("transit_keyring", Keyring)
 PRICER = web.AppKey("transit_pricer", riding.Pricer)
 PROBLEMS = "https://cardless.dev/problems/transit"
 MAX_TAPS = 2000
+MAX_CREDENTIALS = 20
 MAX_JOURNEYS = 100
 
 
@@ -75,6 +76,29 @@ async def enrol(request: web.Request) -> web.Response:
          "not_after": datetime.fromtimestamp(not_after, UTC).isoformat()},
         status=201,
     )  # fmt: skip
+
+
+async def standing(request: web.Request) -> web.Response:
+    """The rider's own ride credentials and whether gates let them through: a rider turned
+    away learns why (a fare the wallet could not take) and what lifts it (a top-up)."""
+    rider = (await authenticate(request, "transit:ride")).subject
+    now = request.app[CLOCK].now()
+    credentials, denial = await store.rider_standing(request.app[POOL], rider, MAX_CREDENTIALS)
+    return web.json_response({
+        "credentials": [
+            {"credential_id": base64url_encode(bytes(c["credential_id"])).decode(),
+             "category": c["category"], "not_before": c["not_before"].isoformat(),
+             "not_after": c["not_after"].isoformat(),
+             "state": ("expired" if c["not_after"] <= now
+                       else "not_yet_valid" if c["not_before"] > now else "valid")}
+            for c in credentials
+        ],
+        "denied": denial is not None,
+        "denied_because": denial and _DENIALS.get(denial, denial),
+    }, headers={"Cache-Control": "no-store"})  # fmt: skip
+
+
+_DENIALS = {"fare_debit_failed": "a fare could not be taken from the wallet: a top-up pays it"}
 
 
 def _device_key(jwk: dict[str, Any]) -> ridecode.PublicKey:

@@ -20,6 +20,13 @@ _SCHEMAS: dict[str, Any] = {
     "RideCredential": obj({
         "credential": {**TEXT, "description": "base64url of the credential (docs/ride-code.md)"},
         "category": TEXT, "not_after": _STAMP}),
+    "Standing": obj({
+        "credentials": {"type": "array", "items": obj({
+            "credential_id": {**TEXT, "description": "base64url of its 16-byte id"},
+            "category": TEXT, "not_before": _STAMP, "not_after": _STAMP,
+            "state": {"enum": ["valid", "expired", "not_yet_valid"]}})},
+        "denied": {"type": "boolean", "description": "whether gates turn the rider away"},
+        "denied_because": _NULLABLE_TEXT}),
     "IssuerKeys": obj({"keys": {"type": "array", "items": obj({
         "kid": {**TEXT, "description": "the short kid codes carry"},
         "alg": {"enum": ["EdDSA", "ES256"]},
@@ -54,6 +61,9 @@ DOCUMENT: dict[str, Any] = openapi_document(
                 {"device_jwk": {"type": "object",
                                 "description": "the phone's public Ed25519 or P-256 JWK"}},
                 optional={"category": {"const": "adult"}}),
+        ), "get": operation(
+            "transitStanding", "The rider's own credentials, and whether gates let them through",
+            ["transit:ride"], json_answer("the rider's standing", ref("Standing")),
         )},
         f"{_BASE}/issuer-keys": {"get": operation(
             "transitIssuerKeys", "The keys gates check credentials with", None,

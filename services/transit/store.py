@@ -214,6 +214,25 @@ async def rider_journeys(
     )
 
 
+async def rider_standing(
+    pool: asyncpg.Pool, subject: str, limit: int
+) -> tuple[list[asyncpg.Record], str | None]:
+    """A rider's newest credentials, and why gates deny them (None: they do not)."""
+    credentials = await pool.fetch(
+        "SELECT c.credential_id, c.category, c.not_before, c.not_after FROM ride_credentials c"
+        " JOIN riders r USING (pseudonym) WHERE r.subject = $1 ORDER BY c.issued_at DESC"
+        " LIMIT $2",
+        subject,
+        limit,
+    )
+    reason: str | None = await pool.fetchval(
+        "SELECT c.reason FROM denied d JOIN riders r USING (pseudonym)"
+        " JOIN deny_changes c ON c.version = d.since_version WHERE r.subject = $1",
+        subject,
+    )
+    return list(credentials), reason
+
+
 # -- the deny list --------------------------------------------------------------------------
 
 

@@ -241,11 +241,22 @@ async def test_a_rider_in_debt_is_denied_at_the_gates_until_they_top_up(api: Tes
         async with pool.acquire() as conn, conn.transaction():
             await bus.publish(conn, "rider-9", event)
 
+    [credential_state] = (await standing(api, "rider-9"))["credentials"]
+    assert (credential_state["category"], credential_state["state"]) == ("adult", "valid")
+    assert (await standing(api, "rider-9"))["denied"] is False
     account = uuid.uuid4()
     await wallet_says(FareDebitFailed(charge_id=uuid.uuid4(), rider="rider-9", account_id=account,
                                       amount=300, currency="CNY", available=100))  # fmt: skip
     version, snapshot = await eventually(lambda: deny_list(api), lambda d: d[0] == 1,
                                          what="the rider on the deny list")  # fmt: skip
+    told = await standing(api, "rider-9")
+    assert told["denied"] is True
+    assert "top-up" in told["denied_because"]
+    assert await standing(api, "rider-10") == {
+        "credentials": [],
+        "denied": False,
+        "denied_because": None,
+    }, "a rider sees only their own"
     station = await gate(api, "WG")
     station.replace_deny_list(DenyList.load(snapshot))
     now = int(time.time())
@@ -260,6 +271,13 @@ async def test_a_rider_in_debt_is_denied_at_the_gates_until_they_top_up(api: Tes
     again = ridecode.make_code(credential, device_key=phone, timestamp=now + 5, counter=2)
     assert station.scan(again, now=now + 5).open
     assert (await deny_list(api, since=2))[1] == b"", "nothing new: 204"
+    assert (await standing(api, "rider-9"))["denied"] is False
+
+
+async def standing(api: TestClient, rider: str) -> dict[str, Any]:
+    response = await api.get("/v1/transit/credentials", headers=token(rider, "transit:ride"))
+    assert response.status == 200
+    return dict(await response.json())
 
 
 async def test_the_service_describes_every_route_it_serves(api: TestClient) -> None:
