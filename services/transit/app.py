@@ -8,15 +8,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from services.transit import consumers, handlers, openapi
 from services.transit.config import TransitConfig
 from services.transit.events import transit_events
-from services.transit.feed import load
-from services.transit.handlers import KEYRING, PRICER, SETTINGS
-from services.transit.riding import Pricer
+from services.transit.handlers import FARES, KEYRING, SETTINGS
+from services.transit.riding import Fares
 from shared.clock import rounds
 from shared.db import SERVER_FAILURES
+from shared.http import METRICS
 from shared.keyring import Keyring, RotationPolicy
 from shared.service import CLOCK, POOL, Service
 
@@ -38,7 +39,13 @@ ROUTES: list[tuple[str, str, Handler]] = [
 def add_routes(app: web.Application) -> None:
     settings = TransitConfig.from_env(os.environ)
     app[SETTINGS] = settings
-    app[PRICER] = Pricer(load(settings.feed), settings)
+    reloads = Counter(
+        "transit_feed_reloads_total",
+        "Fare feeds found changed on disk, by outcome: loaded, or refused (the last good kept).",
+        ["outcome"],
+        registry=app[METRICS].registry,
+    )
+    app[FARES] = Fares(settings, lambda outcome: reloads.labels(outcome).inc())
     app.cleanup_ctx.append(_issuer)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
@@ -56,7 +63,9 @@ async def _issuer(app: web.Application) -> AsyncIterator[None]:
     await keyring.refresh()
     app[KEYRING] = keyring
     async with rounds(
-        (KEYRING_REFRESH_S, keyring.refresh, "key rotation"), retry_on=SERVER_FAILURES
+        (KEYRING_REFRESH_S, keyring.refresh, "key rotation"),
+        (float(app[SETTINGS].feed_check_s), app[FARES].check, "fare feed check"),
+        retry_on=SERVER_FAILURES,
     ):
         yield
 

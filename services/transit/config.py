@@ -26,6 +26,7 @@ class TransitConfig:
     credential_ttl_s: int = DAY_S
     max_journey_s: int = 4 * 3600
     repricing_days: int = 7  # how far back a late tap can still change a journey
+    feed_check_s: int = 30  # how often the feed's files are checked for a new publication
     capping_day_start: time = time(4, 30)  # local time: a capping day runs to 04:29 next day
 
     @property
@@ -46,6 +47,7 @@ class TransitConfig:
             max_journey_s=env.integer(
                 "TRANSIT_MAX_JOURNEY_S", cls.max_journey_s, minimum=600, maximum=DAY_S
             ),
+            feed_check_s=env.integer("TRANSIT_FEED_CHECK_S", cls.feed_check_s, minimum=1),
             capping_day_start=_clock_time(
                 "TRANSIT_CAPPING_DAY_START", env.text("TRANSIT_CAPPING_DAY_START", "04:30")
             ),

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 SETTINGS = web.AppKey("transit_config", TransitConfig)
 KEYRING = web.AppKey("transit_keyring", Keyring)
-PRICER = web.AppKey("transit_pricer", riding.Pricer)
+FARES = web.AppKey("transit_fares", riding.Fares)
 PROBLEMS = "https://cardless.dev/problems/transit"
 MAX_TAPS = 2000
 MAX_CREDENTIALS = 20
@@ -149,7 +149,7 @@ async def upload_taps(request: web.Request) -> web.Response:
 
     async def work(conn: Connection) -> int:
         return await riding.record_taps(
-            conn, taps, pricer=app[PRICER], bus=app[BUS], config=app[SETTINGS], now=now
+            conn, taps, pricer=app[FARES].pricer, bus=app[BUS], config=app[SETTINGS], now=now
         )
 
     riders = await in_transaction(app[POOL], work)

@@ -12,11 +12,13 @@ reached earlier in the day than was known, all become new ledger transfers, neve
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import lru_cache
+from pathlib import Path
 from typing import NamedTuple
 
 import asyncpg
@@ -26,7 +28,7 @@ from services.transit.caps import Capping, Fare
 from services.transit.config import TransitConfig
 from services.transit.events import FareDue
 from services.transit.fares import Quote
-from services.transit.feed import Feed
+from services.transit.feed import Feed, FeedError, load
 from services.transit.journeys import Journey, Kind, Tap, pair
 from shared.bus import Bus
 from shared.db import Connection
@@ -89,6 +91,45 @@ class Pricer:
     def _quote_uncached(self, origin: str, destination: str, at: datetime, category: str) -> Quote:
         leg = fares.Leg(self.config.fare_route, origin, destination, at, at)
         return self.engine.price(fares.Journey((leg,), category or None, self.config.fare_media))
+
+
+class Fares:
+    """The feed fares come from, and its pricer; reloaded when the feed's files change. A
+    feed that does not load is reported (each problem's file, line and field) and the last
+    good one goes on pricing: a bad publish never stops the metro."""
+
+    def __init__(self, config: TransitConfig, on_reload: Callable[[str], None]) -> None:
+        self.config, self._on_reload = config, on_reload
+        self._stamp = _stamp(config.feed)
+        self.pricer = Pricer(load(config.feed), config)  # a broken feed stops start-up
+
+    async def check(self) -> None:
+        """Reload the feed if its files changed since the last look."""
+        stamp = _stamp(self.config.feed)
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            feed = await asyncio.to_thread(load, self.config.feed)
+        except FeedError as error:
+            log.error(
+                "fare feed refused; the last good one stays",
+                extra={"problems": [str(p) for p in error.problems[:50]]},
+            )
+            self._on_reload("refused")
+            return
+        self.pricer = Pricer(feed, self.config)
+        log.info("fare feed reloaded", extra={"warnings": len(feed.warnings)})
+        self._on_reload("loaded")
+
+
+def _stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
+    """What changes when a feed is republished: each file's name, size and modification time."""
+    try:
+        files = sorted(path.iterdir()) if path.is_dir() else [path]
+        return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    except OSError:
+        return ()
 
 
 async def record_taps(

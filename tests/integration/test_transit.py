@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from datetime import time as dt_time
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -26,6 +28,7 @@ from services.transit.events import FareDue
 from services.transit.fares import FareEngine, Journey, Leg
 from services.transit.feed import DEMO_FEED, load
 from services.transit.gate import GateVerifier
+from services.transit.handlers import FARES
 from services.wallet.events import FareDebitFailed, TopUpCompleted
 from shared.config import PlatformConfig
 from shared.events import decode
@@ -316,3 +319,47 @@ async def test_one_upload_of_many_riders_taps_prices_each_riders_own_journeys(
     assert {r: sum(s.amount for s in stated if s.rider == r) for r in riders} == {
         r: fare * rides for r, rides in riders.items()
     }
+
+
+async def test_a_republished_feed_prices_what_comes_next_and_a_broken_one_keeps_the_last_good(
+    tmp_path: Path,
+    config: PlatformConfig,
+    transit_service: Service,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    feed = tmp_path / "feed"
+    shutil.copytree(DEMO_FEED, feed)
+    monkeypatch.setenv("TRANSIT_FEED", str(feed))
+    products = (feed / "fare_products.txt").read_text()
+    async with TestClient(
+        TestServer(create_app(transit_service, behind_the_gateway(config)))
+    ) as api:
+        fares = api.app[FARES]
+        good = fares.pricer
+        (feed / "fare_products.txt").write_text(products.replace("2.00,CNY", "two,CNY", 1))
+        await fares.check()
+        assert fares.pricer is good, "a broken feed is refused; the last good one prices"
+        assert 'transit_feed_reloads_total{outcome="refused"} 1.0' in await metrics(api)
+
+        (feed / "fare_products.txt").write_text(
+            products.replace("adult,2.00,CNY", "adult,2.50,CNY")
+        )
+        await fares.check()
+        assert fares.pricer is not good
+        phone, credential = await enrol(api, "rider-republished")
+        now = int(time.time())
+        code = ridecode.make_code(credential, device_key=phone, timestamp=now, counter=1)
+        decision = (await gate(api, "WG")).scan(code, now=now, direction="entry")
+        start = datetime.now(UTC) - timedelta(minutes=30)
+        taps = [
+            tap(decision, "WG", "entry", start),
+            tap(decision, "OT", "exit", start + timedelta(minutes=20)),
+        ]
+        assert await upload(api, taps) == 200
+        [journey] = await journeys(api, "rider-republished")
+        assert journey["amount_minor"] == 250
+        assert 'transit_feed_reloads_total{outcome="loaded"} 1.0' in await metrics(api)
+
+
+async def metrics(api: TestClient) -> str:
+    return await (await api.get("/metrics")).text()
