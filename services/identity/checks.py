@@ -20,7 +20,7 @@ from services.identity import auditlog, dcql, store
 from services.identity.events import IdentityChecked
 from services.identity.handlers import CHECKS, PROBLEMS, SETTINGS, STATUS_LISTS, VERIFIER
 from services.identity.status import StatusLists
-from services.identity.verification import Outcome, Request
+from services.identity.verification import Outcome, Request, refused
 from shared.auth import FORBIDDEN, authenticate
 from shared.db import Connection, in_transaction
 from shared.http import Problem, read_body
@@ -38,6 +38,9 @@ MAX_AUDIT_ENTRIES = 200
 class RequestBody(msgspec.Struct, forbid_unknown_fields=True):
     purpose: str
     dcql_query: dict[str, Any]
+    # Only the citizen signed in as this account may answer: for an agency granting that
+    # account something (transit's concession fares), so that nobody lends theirs an ID.
+    subject: str | None = None
 
 
 async def create_request(request: web.Request) -> web.Response:
@@ -69,6 +72,7 @@ async def create_request(request: web.Request) -> web.Response:
         nonce=nonce,
         created_at=now,
         expires_at=expires_at,
+        subject=body.subject,
     )
     # The OpenID4VP authorization request the phone receives (by QR code or link).
     authorization = {
@@ -157,7 +161,11 @@ async def presentation(request: web.Request) -> web.Response:
             int(row["expires_at"].timestamp()),
         )
         outcome = app[VERIFIER].check(answer.vp_token, pending, int(now.timestamp()))
-        await _record(conn, app, pending, outcome, now)
+        citizen = await _citizen(conn, app[STATUS_LISTS], outcome)
+        if outcome.verified and not await _account_holder(conn, citizen, row["subject"]):
+            # Refused, in the log of the citizen whose ID it was: they should know.
+            outcome = refused("not_account_holder", "this ID is not the asking account's")
+        await _record(conn, app, pending, outcome, now, citizen)
         return outcome
 
     outcome = await in_transaction(app[POOL], check)
@@ -202,10 +210,14 @@ async def _answer(request: web.Request) -> _Answer:
 
 
 async def _record(
-    conn: Connection, app: web.Application, pending: Request, outcome: Outcome, now: Any
+    conn: Connection,
+    app: web.Application,
+    pending: Request,
+    outcome: Outcome,
+    now: Any,
+    citizen: str,
 ) -> None:
     """Answer the request, append the check to the citizen's log, tell the bus: one commit."""
-    citizen = await _citizen(conn, app[STATUS_LISTS], outcome)
     result = "verified" if outcome.verified else "rejected"
     await store.answer_request(
         conn,
@@ -236,6 +248,11 @@ async def _record(
         reason=outcome.reason,
     )
     await app[BUS].publish(conn, citizen, checked)
+
+
+async def _account_holder(conn: Connection, citizen: str, subject: str | None) -> bool:
+    """Whether the citizen is signed in as ``subject`` (any citizen, when none is asked for)."""
+    return subject is None or await store.subject_of_citizen(conn, citizen) == subject
 
 
 async def _citizen(conn: Connection, lists: StatusLists, outcome: Outcome) -> str:

@@ -176,7 +176,9 @@ DOCUMENT: dict[str, Any] = openapi_document(
             "identityCreateRequest", "An agency asks for claims, for a purpose",
             ["identity:verify"], _created("the request", ref("CreatedRequest")),
             requestBody=json_body({"purpose": TEXT, "dcql_query": {
-                "type": "object", "description": "a DCQL query (OpenID4VP §6)"}}),
+                "type": "object", "description": "a DCQL query (OpenID4VP §6)"}},
+                optional={"subject": {**TEXT, "description": "only the citizen signed in as "
+                                      "this account may answer (refused: not_account_holder)"}}),
         )},
         f"{_BASE}/requests/{{request_id}}": {"get": operation(
             "identityRequestResult", "The agency's answer; claims are handed over once",

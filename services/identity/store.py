@@ -39,6 +39,13 @@ async def citizen_for(conn: Connection, subject: str | None, now: datetime) -> s
     return found
 
 
+async def subject_of_citizen(conn: Connection, citizen: str) -> str | None:
+    found: str | None = await conn.fetchval(
+        "SELECT subject FROM citizens WHERE citizen_id = $1", citizen
+    )
+    return found
+
+
 async def citizen_of_subject(conn: Connection | asyncpg.Pool, subject: str) -> str | None:
     found: str | None = await conn.fetchval(
         "SELECT citizen_id FROM citizens WHERE subject = $1", subject
@@ -159,11 +166,12 @@ async def add_request(
     nonce: str,
     created_at: datetime,
     expires_at: datetime,
+    subject: str | None = None,
 ) -> None:
     await conn.execute(
         "INSERT INTO verification_requests"
-        " (request_id, agency, purpose, query, nonce, created_at, expires_at)"
-        " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)",
+        " (request_id, agency, purpose, query, nonce, created_at, expires_at, subject)"
+        " VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8)",
         request_id,
         agency,
         purpose,
@@ -171,13 +179,14 @@ async def add_request(
         nonce,
         created_at,
         expires_at,
+        subject,
     )
 
 
 async def pending_request(conn: Connection, request_id: str) -> asyncpg.Record | None:
     """The request, locked until the answer commits, so a nonce is spent exactly once."""
     return await conn.fetchrow(
-        "SELECT request_id, agency, purpose, query, nonce, expires_at, state"
+        "SELECT request_id, agency, purpose, query, nonce, expires_at, state, subject"
         " FROM verification_requests WHERE request_id = $1 FOR UPDATE",
         request_id,
     )

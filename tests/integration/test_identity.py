@@ -479,3 +479,42 @@ async def test_a_status_reference_past_the_end_of_our_list_is_refused(api: TestC
     credential = _peer_credential(phone, beyond)
     status, problem = await answer(api, _peer_answer(request, credential, phone))
     assert (status, problem["reason"]) == (400, "status_unavailable")
+
+
+async def test_a_request_for_one_accounts_holder_is_refused_to_another_and_logged_for_them(
+    api: TestClient,
+) -> None:
+    """An agency granting an account something (transit's concession fares) asks that only the
+    citizen signed in as that account answer: nobody lends their account someone else's ID."""
+    grandma = await issue(api, subject="rider-grandma")
+    query = {"credentials": [{"id": "city_id", "format": "dc+sd-jwt",
+                              "claims": [{"path": ["age_over_18"]}]}]}  # fmt: skip
+
+    async def request_for(subject: str) -> dict[str, Any]:
+        body = {"purpose": PURPOSE, "dcql_query": query, "subject": subject}
+        response = await api.post("/v1/identity/requests", json=body, headers=agency())
+        assert response.status == 201, await response.text()
+        return dict((await response.json())["authorization_request"])
+
+    borrowed = await request_for("rider-grandson")
+    status, problem = await answer(
+        api, holder.answer(borrowed, grandma.credential, grandma.key, int(time.time()))
+    )
+    assert (status, problem["reason"]) == (400, "not_account_holder")
+    assert (await result(api, borrowed["state"]))["claims"] is None
+
+    own = await request_for("rider-grandma")
+    status, _ = await answer(
+        api, holder.answer(own, grandma.credential, grandma.key, int(time.time()))
+    )
+    assert status == 200
+    assert (await result(api, own["state"]))["claims"] == {"age_over_18": True}
+
+    async def log() -> Any:
+        return await (await api.get("/v1/identity/audit", headers=citizen("rider-grandma"))).json()
+
+    logged = await eventually(log, lambda v: len(v["entries"]) == 2)
+    assert sorted((e["result"], e["reason"]) for e in logged["entries"]) == [
+        ("rejected", "not_account_holder"),
+        ("verified", None),
+    ], "the citizen whose ID was presented sees both"
