@@ -1,5 +1,6 @@
 """A station's way to transit: the durable buffer of taps waiting to go, the gate's access
-token, the sync of issuer keys and deny list, and batched uploads of taps.
+token (``services.gateway.client``), the sync of issuer keys and deny list, and batched
+uploads of taps.
 
 The buffer is SQLite (stdlib) in WAL mode with ``synchronous=FULL``: each tap is its own
 transaction, on disk (WAL fsynced) before the gate reports its decision, and an acknowledged
@@ -19,7 +20,6 @@ import json
 import logging
 import random
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +30,7 @@ from typing import NamedTuple
 import aiohttp
 
 from services.gateway import demo
-from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS
+from services.gateway.client import Answer, GatewayClient, GatewayError
 from services.transit import ridecode
 from services.transit.denylist import DELTA_MAGIC, Delta, DenyList, DenyListError, VersionGap
 from services.transit.gate import GateVerifier
@@ -38,7 +38,6 @@ from services.transit.gate import GateVerifier
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S, BACKOFF_MAX_S = 0.5, 60.0
-TOKEN_MARGIN_S = 30.0  # a token is renewed this long before it expires
 # Refusals of a batch's content: the batch is halved until the tap transit will not take is
 # alone, and that one is set aside. Any other 4xx (401 after a fresh token, 403, 404) is the
 # gate's configuration, not its taps: they are kept and the upload retried after a backoff.
@@ -134,22 +133,11 @@ class GateClient:
         return demo.client_assertion(self.data_dir, self.client_id, token_url)
 
 
-class UplinkError(Exception):
-    """The gateway could not be used just now (no token, an answer that is not one)."""
+class UplinkError(GatewayError):
+    """Transit answered what a gate cannot use (issuer keys, a deny list)."""
 
 
-NETWORK_FAILURES = (aiohttp.ClientError, TimeoutError, UplinkError)
-
-
-Query = Mapping[str, str] | None
-
-
-class Answer(NamedTuple):
-    """What the gateway answered: read whole, the connection given back at once."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
+NETWORK_FAILURES = (aiohttp.ClientError, TimeoutError, GatewayError)
 
 
 class Uplink:
@@ -168,50 +156,9 @@ class Uplink:
     ) -> None:
         """``synced`` runs after every sync, even a failed one: the station saves its state."""
         self._http, self._client, self._verifier, self._buffer = http, client, verifier, buffer
+        self._gateway = GatewayClient(http, client.gateway_url, client.assertion)
         self._batch, self._synced = batch, synced
-        self._token: str | None = None
-        self._renew_at = 0.0
         self._delay = BACKOFF_FIRST_S
-
-    # -- the token -------------------------------------------------------------------------
-
-    async def _fetch_token(self) -> str:
-        token_url = self._client.url("/oauth/token")
-        form = {"grant_type": CLIENT_CREDENTIALS, "client_assertion_type": CLIENT_ASSERTION_TYPE,
-                "client_assertion": self._client.assertion(token_url)}  # fmt: skip
-        async with self._http.post(token_url, data=form) as answer:
-            if answer.status != 200:
-                raise UplinkError(f"the gateway refused a token ({answer.status})")
-            body = await answer.read()
-        try:
-            granted = json.loads(body)
-            token, ttl = str(granted["access_token"]), float(granted.get("expires_in", 60))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise UplinkError("the token endpoint's answer is not a token") from None
-        self._renew_at = time.monotonic() + max(ttl - TOKEN_MARGIN_S, ttl / 2)
-        self._token = token
-        return token
-
-    async def _send(self, method: str, path: str, body: bytes | None, query: Query) -> Answer:
-        token = self._token
-        if token is None or time.monotonic() >= self._renew_at:
-            token = await self._fetch_token()
-        headers = {"Authorization": f"Bearer {token}"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        url = self._client.url(path)
-        async with self._http.request(method, url, headers=headers, data=body, params=query) as got:
-            return Answer(got.status, got.headers, await got.read())
-
-    async def _authorized(
-        self, method: str, path: str, body: bytes | None = None, query: Query = None
-    ) -> Answer:
-        """A request with the gate's token; once more with a fresh one after a 401."""
-        answer = await self._send(method, path, body, query)
-        if answer.status == 401:
-            self._token = None
-            answer = await self._send(method, path, body, query)
-        return answer
 
     # -- sync ------------------------------------------------------------------------------
 
@@ -247,7 +194,7 @@ class Uplink:
     async def _sync_deny_list(self) -> None:
         verifier = self._verifier
         since = {"since": str(verifier.deny.version)}
-        answer = await self._authorized("GET", DENY_LIST, query=since)
+        answer = await self._gateway.request("GET", DENY_LIST, query=since)
         try:
             if answer.status == 200 and answer.body.startswith(DELTA_MAGIC):
                 verifier.apply_delta(Delta.decode(answer.body))
@@ -256,7 +203,7 @@ class Uplink:
             elif answer.status != 204:
                 raise UplinkError(f"deny list: {answer.status}")
         except VersionGap:  # a delta from another version than ours: take the whole list
-            whole = await self._authorized("GET", DENY_LIST)
+            whole = await self._gateway.request("GET", DENY_LIST)
             if whole.status != 200:
                 raise UplinkError(f"deny list: {whole.status}") from None
             verifier.replace_deny_list(_deny_list(whole.body))
@@ -275,7 +222,7 @@ class Uplink:
         """Send ``taps``; they leave the buffer only once transit acknowledged them."""
         body = b'{"taps":[' + b",".join(tap.body for tap in taps) + b"]}"
         try:
-            answer = await self._authorized("POST", TAPS, body)
+            answer = await self._gateway.request("POST", TAPS, body)
         except NETWORK_FAILURES as error:
             log.warning("tap upload failed", extra={"taps": len(taps), "error": repr(error)})
             return self._back_off()
