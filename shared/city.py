@@ -167,6 +167,11 @@ def _city_env(
         env["GATEWAY_CLIENTS"] = f"@{demo.registry(data_dir).resolve()}"
     if not environ.get("IDENTITY_AGENCIES"):
         env["IDENTITY_AGENCIES"] = json.dumps(holder.DEMO_AGENCIES)
+    concessions_key = demo.client_key_path(data_dir, "metro-concessions")
+    if not environ.get("TRANSIT_IDENTITY_KEY") and concessions_key.exists():
+        # Transit checks concessions with identity as a demo agency, through the gateway.
+        env["TRANSIT_IDENTITY_KEY"] = f"@{concessions_key}"
+        env.setdefault("TRANSIT_GATEWAY_URL", f"http://127.0.0.1:{gateway_port}")
     if with_sandbox and not environ.get("WALLET_PROVIDERS"):
         # The demo's sandbox provider: the wallet takes top-ups from it and sends it webhooks.
         env[SANDBOX_URL] = f"http://127.0.0.1:{free_port()}"

@@ -12,11 +12,31 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import aiohttp
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS
+from shared.ids import new_id
+
+PrivateKey = Ed25519PrivateKey | EllipticCurvePrivateKey
 
 TOKEN_MARGIN_S = 30.0  # a token is renewed this long before it expires
 Query = Mapping[str, str] | None
+
+
+def private_key_jwt(client_id: str, key: PrivateKey, kid: str) -> Callable[[str], str]:
+    """What signs a client's assertions (RFC 7523 §2.2): short-lived, single-use (``jti``),
+    for the token URL it is given; EdDSA for an Ed25519 key, ES256 for a P-256 one."""
+    algorithm = "EdDSA" if isinstance(key, Ed25519PrivateKey) else "ES256"
+
+    def sign(token_url: str) -> str:
+        now = int(time.time())
+        claims = {"iss": client_id, "sub": client_id, "aud": token_url, "iat": now,
+                  "exp": now + 60, "jti": str(new_id())}  # fmt: skip
+        return jwt.encode(claims, key, algorithm=algorithm, headers={"kid": kid})
+
+    return sign
 
 
 class GatewayError(Exception):

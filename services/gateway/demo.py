@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from services.gateway.assertions import DPOP_TYP, access_token_hash
+from services.gateway.client import private_key_jwt
 from services.gateway.tokens import CLIENT_ASSERTION_TYPE, JWT_BEARER
 from shared.config import OperatorError
 from shared.db import Connection
@@ -52,6 +53,7 @@ DEMO_CLIENTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "city-finance": ("operator", ("wallet:finance",)),
     "sandbox": ("provider", ("wallet:settlement",)),  # the provider of `cardless sandbox`
     "city-agency": ("agency", ("identity:verify",)),
+    "metro-concessions": ("agency", ("identity:verify",)),  # transit, proving concessions
     "city-registry": ("operator", ("identity:issue", "identity:admin")),
     "station-0001": ("gate", ("transit:taps",)),
 }
@@ -100,22 +102,18 @@ def _key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
+def client_key_path(data_dir: Path, client_id: str) -> Path:
+    """Where a demo client's private key is kept (made by ``registry``)."""
+    return (data_dir / "clients" / f"{client_id}.pem").resolve()
+
+
 def client_assertion(data_dir: Path, client_id: str, token_url: str) -> str:
     """A short ``private_key_jwt`` assertion (RFC 7523 §2.2) signed with the client's key."""
-    path = data_dir / "clients" / f"{client_id}.pem"
+    path = client_key_path(data_dir, client_id)
     if not path.exists():
         known = ", ".join(DEMO_CLIENTS)
         raise DemoError(f"no key for client {client_id!r} in {path.parent} (demo clients: {known})")
-    now = int(time.time())
-    claims = {
-        "iss": client_id,
-        "sub": client_id,
-        "aud": token_url,
-        "iat": now,
-        "exp": now + 60,
-        "jti": str(new_id()),
-    }
-    return jwt.encode(claims, _key(path), algorithm="EdDSA", headers={"kid": f"{client_id}-1"})
+    return private_key_jwt(client_id, _key(path), f"{client_id}-1")(token_url)
 
 
 def access_token(data_dir: Path, client_id: str, gateway_url: str, scope: str | None) -> str:

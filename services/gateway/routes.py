@@ -99,6 +99,8 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", f"{TR}/openapi.json", "transit", None),
     Route("POST", f"{TR}/credentials", "transit", ("transit:ride",)),
     Route("GET", f"{TR}/credentials", "transit", ("transit:ride",), rate_class="read"),
+    Route("POST", f"{TR}/concessions", "transit", ("transit:ride",)),
+    Route("POST", f"{TR}/concessions/{{concession_id}}/claim", "transit", ("transit:ride",)),
     Route("GET", f"{TR}/issuer-keys", "transit", None, rate_class="read"),
     Route(
         "POST",

@@ -48,7 +48,12 @@ DEMO_AGENCIES = {
         "name": "City transport office",
         "claims": ["age_over_18", "age_over_65", "resident", "address.locality"],
         "purposes": [DEMO_PURPOSE, "Senior concession check"],
-    }
+    },
+    "metro-concessions": {
+        "name": "City metro (transit), concession fares",
+        "claims": ["age_over_65"],
+        "purposes": ["Concession fares: senior"],
+    },
 }
 DEMO_QUERY = {
     "credentials": [
@@ -111,14 +116,20 @@ def id_check(data_dir: Path, gateway_url: str) -> dict[str, Any]:
     )
     if status != 201:
         raise demo.DemoError(f"the agency's request was refused: {created}")
-    authorization = created["authorization_request"]
-    status, answered = _post(
-        authorization["response_uri"],
-        None,
-        answer(authorization, credential, key, int(time.time())),
-    )
+    status, answered = respond(data_dir, created["authorization_request"], credential)
     result = _get(f"{gateway_url}/v1/identity/requests/{created['request_id']}", agency)
     return {"phone": {"status": status, "answer": answered}, "agency": result}
+
+
+def respond(
+    data_dir: Path, authorization: Mapping[str, Any], credential: str | None = None
+) -> tuple[int, Any]:
+    """The demo phone answers an agency's request with the demo citizen's ID (issued by
+    ``id_check``): identity's status and answer."""
+    if credential is None:
+        credential = (data_dir / "citizen" / "city-id.txt").read_text().strip()
+    body = answer(authorization, credential, phone_key(data_dir), int(time.time()))
+    return _post(authorization["response_uri"], None, body)
 
 
 def _credential(data_dir: Path, gateway_url: str, key: ec.EllipticCurvePrivateKey) -> str:

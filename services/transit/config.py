@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import time, timedelta
 from pathlib import Path
 
@@ -28,6 +28,11 @@ class TransitConfig:
     repricing_days: int = 7  # how far back a late tap can still change a journey
     feed_check_s: int = 30  # how often the feed's files are checked for a new publication
     capping_day_start: time = time(4, 30)  # local time: a capping day runs to 04:29 next day
+    # Transit as an agency of identity, for concessions: where the gateway is, and the client
+    # (its private key, PEM) it signs in as. Without a key, concessions are unavailable.
+    gateway_url: str = "http://127.0.0.1:8080"
+    identity_client: str = "metro-concessions"
+    identity_key: str = field(default="", repr=False)
 
     @property
     def max_journey(self) -> timedelta:
@@ -48,6 +53,9 @@ class TransitConfig:
                 "TRANSIT_MAX_JOURNEY_S", cls.max_journey_s, minimum=600, maximum=DAY_S
             ),
             feed_check_s=env.integer("TRANSIT_FEED_CHECK_S", cls.feed_check_s, minimum=1),
+            gateway_url=env.text("TRANSIT_GATEWAY_URL", cls.gateway_url),
+            identity_client=env.text("TRANSIT_IDENTITY_CLIENT", cls.identity_client),
+            identity_key=env.document("TRANSIT_IDENTITY_KEY"),
             capping_day_start=_clock_time(
                 "TRANSIT_CAPPING_DAY_START", env.text("TRANSIT_CAPPING_DAY_START", "04:30")
             ),

@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 from jwt.utils import base64url_encode
 
-from services.transit import ridecode, riding, store
+from services.transit import concessions, ridecode, riding, store
 from services.transit.config import TransitConfig
 from services.transit.denylist import Delta, DenyList
 from services.transit.journeys import Direction, Tap
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 SETTINGS = web.AppKey("transit_config", TransitConfig)
 KEYRING = web.AppKey("transit_keyring", Keyring)
 FARES = web.AppKey("transit_fares", riding.Fares)
+IDENTITY_DESK = web.AppKey("transit_identity_desk", concessions.IdentityDesk)
 PROBLEMS = "https://cardless.dev/problems/transit"
 MAX_TAPS = 2000
 MAX_CREDENTIALS = 20
@@ -47,10 +48,6 @@ async def enrol(request: web.Request) -> web.Response:
     """A ride credential for the phone's key, valid for ``TRANSIT_CREDENTIAL_TTL_S``."""
     rider = (await authenticate(request, "transit:ride")).subject
     body = await read_body(request, EnrolBody)
-    if body.category != "adult":
-        # A concession must be proven (an ID check through identity); not built yet.
-        raise Problem(403, "Forbidden", "only the adult category can be enrolled for now",
-                      type_=f"{PROBLEMS}/category-needs-proof")  # fmt: skip
     device = _device_key(body.device_jwk)
     app = request.app
     settings, now = app[SETTINGS], app[CLOCK].now()
@@ -59,6 +56,12 @@ async def enrol(request: web.Request) -> web.Response:
 
     async def work(conn: Connection) -> bytes:
         pseudonym = await store.pseudonym_of(conn, rider, now)
+        if body.category != "adult" and not await store.has_concession(
+            conn, pseudonym, body.category
+        ):
+            raise Problem(403, "Forbidden", f"{body.category}: prove it with your city ID"
+                          " (POST /v1/transit/concessions) before enrolling with it",
+                          type_=f"{PROBLEMS}/category-needs-proof")  # fmt: skip
         credential = ridecode.issue_credential(
             issuer_key=issuer_key, kid=short_kid(kid), rider=pseudonym, category=body.category,
             not_before=not_before, not_after=not_after, device_key=device,
@@ -99,6 +102,75 @@ async def standing(request: web.Request) -> web.Response:
 
 
 _DENIALS = {"fare_debit_failed": "a fare could not be taken from the wallet: a top-up pays it"}
+
+
+class ConcessionBody(msgspec.Struct, forbid_unknown_fields=True):
+    category: str
+
+
+async def ask_concession(request: web.Request) -> web.Response:
+    """The rider asks for a concession category: identity's request for the one claim that
+    proves it, for their phone to answer (OpenID4VP), answerable from their account only."""
+    rider = (await authenticate(request, "transit:ride")).subject
+    body = await read_body(request, ConcessionBody)
+    concessions.claim(body.category)  # a 422 for a category that is no concession
+    app, now = request.app, request.app[CLOCK].now()
+    created = await _desk(app).ask(body.category, rider)
+
+    async def work(conn: Connection) -> None:
+        pseudonym = await store.pseudonym_of(conn, rider, now)
+        await store.add_concession_request(
+            conn, created["request_id"], pseudonym, body.category, now
+        )
+
+    await in_transaction(app[POOL], work)
+    return web.json_response(
+        {"concession_id": created["request_id"], "category": body.category,
+         "expires_at": created["expires_at"],
+         "authorization_request": created["authorization_request"]},
+        status=201,
+    )  # fmt: skip
+
+
+async def claim_concession(request: web.Request) -> web.Response:
+    """The rider claims the concession once their phone has answered identity: granted if
+    their city ID proved it; their next ride credential carries the category."""
+    rider = (await authenticate(request, "transit:ride")).subject
+    app, now = request.app, request.app[CLOCK].now()
+    asked = await store.concession_request(app[POOL], request.match_info["concession_id"], rider)
+    if asked is None:
+        raise Problem(404, "Not Found", "no such concession request",
+                      type_=f"{PROBLEMS}/no-concession-request")  # fmt: skip
+    category = asked["category"]
+    if asked["granted_at"] is None:
+        verdict = await _desk(app).verdict(asked["request_id"], category)
+        if verdict is None:
+            raise Problem(409, "Conflict", "your phone has not answered identity's request yet",
+                          type_=f"{PROBLEMS}/concession-pending")  # fmt: skip
+        if not verdict.granted:
+            raise Problem(403, "Forbidden", f"{category}: not granted ({verdict.reason})",
+                          type_=f"{PROBLEMS}/concession-refused",
+                          reason=verdict.reason)  # fmt: skip
+
+        async def work(conn: Connection) -> None:
+            pseudonym = bytes(asked["pseudonym"])
+            await store.grant_concession(conn, pseudonym, category, asked["request_id"], now)
+
+        await in_transaction(app[POOL], work)
+        log.info("concession granted", extra={"category": category})
+    return web.json_response({"category": category, "granted": True})
+
+
+def _desk(app: web.Application) -> concessions.IdentityDesk:
+    desk = app.get(IDENTITY_DESK)
+    if desk is None:
+        raise Problem(
+            503,
+            "Service Unavailable",
+            "concessions need transit's identity client (TRANSIT_IDENTITY_KEY)",
+            type_=f"{PROBLEMS}/identity-unavailable",
+        )
+    return desk
 
 
 def _device_key(jwk: dict[str, Any]) -> ridecode.PublicKey:

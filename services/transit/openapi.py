@@ -6,7 +6,16 @@ from typing import Any
 
 from aiohttp import web
 
-from shared.openapi import TEXT, document_operation, json_answer, json_body, obj, operation, ref
+from shared.openapi import (
+    TEXT,
+    document_operation,
+    json_answer,
+    json_body,
+    obj,
+    operation,
+    path_params,
+    ref,
+)
 from shared.openapi import document as openapi_document
 
 _BASE = "/v1/transit"
@@ -60,10 +69,26 @@ DOCUMENT: dict[str, Any] = openapi_document(
             requestBody=json_body(
                 {"device_jwk": {"type": "object",
                                 "description": "the phone's public Ed25519 or P-256 JWK"}},
-                optional={"category": {"const": "adult"}}),
+                optional={"category": {**TEXT, "description": "adult, or a concession "
+                                       "granted (POST /v1/transit/concessions)"}}),
         ), "get": operation(
             "transitStanding", "The rider's own credentials, and whether gates let them through",
             ["transit:ride"], json_answer("the rider's standing", ref("Standing")),
+        )},
+        f"{_BASE}/concessions": {"post": operation(
+            "transitAskConcession", "Ask for a concession category, proven with the city ID",
+            ["transit:ride"],
+            json_answer("identity's request for the phone to answer", obj({
+                "concession_id": TEXT, "category": TEXT, "expires_at": _STAMP,
+                "authorization_request": {"type": "object",
+                                          "description": "OpenID4VP, for the phone"}}), "201"),
+            requestBody=json_body({"category": {"enum": ["senior"]}}),
+        )},
+        f"{_BASE}/concessions/{{concession_id}}/claim": {"post": operation(
+            "transitClaimConcession", "Claim a concession the phone proved to identity",
+            ["transit:ride"],
+            json_answer("granted", obj({"category": TEXT, "granted": {"type": "boolean"}})),
+            parameters=path_params(concession_id=TEXT),
         )},
         f"{_BASE}/issuer-keys": {"get": operation(
             "transitIssuerKeys", "The keys gates check credentials with", None,

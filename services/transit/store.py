@@ -233,6 +233,57 @@ async def rider_standing(
     return list(credentials), reason
 
 
+# -- concessions ------------------------------------------------------------------------------
+
+
+async def add_concession_request(
+    conn: Connection, request_id: str, pseudonym: bytes, category: str, now: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO concession_requests (request_id, pseudonym, category, created_at)"
+        " VALUES ($1, $2, $3, $4)",
+        request_id,
+        pseudonym,
+        category,
+        now,
+    )
+
+
+async def concession_request(
+    conn: Connection | asyncpg.Pool, request_id: str, subject: str
+) -> asyncpg.Record | None:
+    """The rider's own request (None for another's), and whether it was granted."""
+    return await conn.fetchrow(
+        "SELECT q.request_id, q.pseudonym, q.category, c.granted_at"
+        " FROM concession_requests q JOIN riders r USING (pseudonym)"
+        " LEFT JOIN concessions c ON c.request_id = q.request_id"
+        " WHERE q.request_id = $1 AND r.subject = $2",
+        request_id,
+        subject,
+    )
+
+
+async def grant_concession(
+    conn: Connection, pseudonym: bytes, category: str, request_id: str, now: datetime
+) -> None:
+    await conn.execute(
+        "INSERT INTO concessions (pseudonym, category, granted_at, request_id)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (pseudonym, category) DO UPDATE"
+        " SET granted_at = EXCLUDED.granted_at, request_id = EXCLUDED.request_id",
+        pseudonym,
+        category,
+        now,
+        request_id,
+    )
+
+
+async def has_concession(conn: Connection, pseudonym: bytes, category: str) -> bool:
+    found = await conn.fetchval(
+        "SELECT true FROM concessions WHERE pseudonym = $1 AND category = $2", pseudonym, category
+    )
+    return bool(found)
+
+
 # -- the deny list --------------------------------------------------------------------------
 
 

@@ -14,6 +14,7 @@ import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from jwt.algorithms import OKPAlgorithm
 from jwt.utils import base64url_decode
 
+from services.gateway import demo
+from services.identity import holder
 from services.transit import ridecode
 from services.transit.denylist import Delta, DenyList
 from services.transit.gate import GateVerifier
@@ -131,6 +134,7 @@ async def test_up_serves_ready_services_stops_cleanly_and_keeps_its_data(tmp_pat
         await a_rider_tops_up_through_the_sandbox(services["gateway"], tmp_path / "city")
         await an_agency_checks_the_demo_citizens_id(services["gateway"], tmp_path / "city")
         assert "verified" in await audit_verify(city.urls["postgres"])
+        await the_demo_rider_is_refused_senior_fares(services["gateway"], tmp_path / "city")
         await a_ride_through_the_gates_is_charged_once(services["gateway"], tmp_path / "city")
         assert await city.interrupt() == 0
 
@@ -197,6 +201,29 @@ async def an_agency_checks_the_demo_citizens_id(gateway: str, data_dir: Path) ->
     [entry] = log["entries"]
     assert (entry["agency"], entry["result"]) == ("city-agency", "verified")
     assert entry["claims"] == ["age_over_18", "resident"]
+
+
+async def the_demo_rider_is_refused_senior_fares(gateway: str, data_dir: Path) -> None:
+    """The demo rider asks for senior fares: transit asks identity, as its registered agency
+    through the gateway, for their account's `age_over_65`; the phone answers with the city ID
+    issued above; born in 1990, they are refused, and see transit's check in their log."""
+
+    def story() -> tuple[int, Any]:
+        once = {"Idempotency-Key": f'"{uuid.uuid4()}"'}
+        status, asked = demo.rider_call(data_dir, gateway, "POST", "/v1/transit/concessions",
+                                        {"category": "senior"}, once)  # fmt: skip
+        assert status == 201, asked
+        status, answered = holder.respond(data_dir, asked["authorization_request"])
+        assert status == 200, answered
+        claim = f"/v1/transit/concessions/{asked['concession_id']}/claim"
+        return demo.rider_call(data_dir, gateway, "POST", claim, None, once)
+
+    status, claimed = await asyncio.to_thread(story)
+    assert (status, claimed["reason"]) == (403, "not_eligible")
+    log = json.loads(await rider(gateway, data_dir, "GET", "/v1/identity/audit"))
+    assert ("metro-concessions", ["age_over_65"]) in [
+        (e["agency"], e["claims"]) for e in log["entries"]
+    ]
 
 
 async def a_ride_through_the_gates_is_charged_once(gateway: str, data_dir: Path) -> None:
