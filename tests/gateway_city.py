@@ -256,3 +256,34 @@ def _wallet_routes(
             app[wallet_handlers.SETTINGS] = settings
 
     return add
+
+
+async def behind_a_gateway(
+    stack: contextlib.AsyncExitStack,
+    config: PlatformConfig,
+    gateway: Service,
+    services: Mapping[str, Service],
+    clients: Mapping[str, Client],
+    *,
+    port: int | None = None,
+    **settings: Any,
+) -> tuple[str, dict[str, web.Application]]:
+    """Services on free ports, trusting the gateway's keys (by JWKS URL, as in production),
+    and the gateway in front of them: its URL, and each service's app. Stopped with ``stack``."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    behind = dataclasses.replace(config, auth=AuthConfig(jwks_url=f"{url}/.well-known/jwks.json"))
+    apps, upstreams = {}, {}
+    for name, service in services.items():
+        apps[name] = create_app(service, behind)
+        server = await stack.enter_async_context(TestServer(apps[name]))
+        upstreams[name] = str(server.make_url("")).rstrip("/")
+    gateway_settings = GatewayConfig(public_url=url, clients=dict(clients), upstreams=upstreams,
+                                     **settings)  # fmt: skip
+    gateway_app = create_app(
+        dataclasses.replace(gateway, add_routes=functools.partial(
+            add_routes, settings=gateway_settings)),
+        dataclasses.replace(config, port=port),
+    )  # fmt: skip
+    await stack.enter_async_context(TestServer(gateway_app, port=port))
+    return url, apps

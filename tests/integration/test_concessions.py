@@ -20,15 +20,12 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwt.utils import base64url_decode
 
 from services.gateway import demo
-from services.gateway.app import add_routes
 from services.gateway.client import GatewayClient
 from services.gateway.clients import parse_clients
-from services.gateway.config import GatewayConfig
 from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS, JWT_BEARER
 from services.identity import holder
 from services.identity.credentials import public_jwk
@@ -36,9 +33,9 @@ from services.transit import ridecode
 from services.transit.denylist import DenyList
 from services.transit.gate import GateVerifier
 from services.transit.uplink import issuer_keys
-from shared.config import AuthConfig, PlatformConfig
-from shared.service import Service, create_app
-from tests.gateway_city import Phone
+from shared.config import PlatformConfig
+from shared.service import Service
+from tests.gateway_city import Phone, behind_a_gateway
 from tests.support import free_port
 
 SENIOR = {**holder.DEMO_CITIZEN, "birthdate": "1950-03-02", "id_number": "GZ-0000-0065"}
@@ -70,23 +67,9 @@ async def city(
     monkeypatch.setenv("IDENTITY_AGENCIES", json.dumps(holder.DEMO_AGENCIES))
     monkeypatch.setenv("IDENTITY_PUBLIC_URL", gateway_url)
     monkeypatch.setenv("IDENTITY_STATUS_LIST_SIZE", "4096")
-    behind = dataclasses.replace(
-        config, auth=AuthConfig(jwks_url=f"{gateway_url}/.well-known/jwks.json")
-    )
     async with contextlib.AsyncExitStack() as stack:
-        upstreams = {}
-        for service in (transit_service, identity_service):
-            server = await stack.enter_async_context(TestServer(create_app(service, behind)))
-            name = "transit" if service is transit_service else "identity"
-            upstreams[name] = str(server.make_url("")).rstrip("/")
-        settings = GatewayConfig(public_url=gateway_url, clients=clients, upstreams=upstreams)
-        gateway_app = create_app(
-            dataclasses.replace(
-                gateway_service, add_routes=functools.partial(add_routes, settings=settings)
-            ),
-            dataclasses.replace(config, port=gateway_port),
-        )
-        await stack.enter_async_context(TestServer(gateway_app, port=gateway_port))
+        services = {"transit": transit_service, "identity": identity_service}
+        await behind_a_gateway(stack, config, gateway_service, services, clients, port=gateway_port)
         http = await stack.enter_async_context(aiohttp.ClientSession())
         yield City(gateway_url, http, tmp_path)
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
-import functools
 import io
 import json
 import sys
@@ -25,22 +23,20 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
 from jwt.utils import base64url_decode
 
 from services.gateway import demo
-from services.gateway.app import add_routes
 from services.gateway.clients import parse_clients
-from services.gateway.config import DEFAULT_LIMITS, GatewayConfig
+from services.gateway.config import DEFAULT_LIMITS
 from services.gateway.ratelimit import Limit
 from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS, JWT_BEARER
 from services.transit import ridecode, store
 from services.transit.station import Bank, StationSettings, run
 from services.transit.uplink import TAPS, GateClient, Uplink
-from shared.config import AuthConfig, PlatformConfig
+from shared.config import PlatformConfig
 from shared.events import decode
-from shared.service import POOL, Service, create_app
-from tests.gateway_city import Phone
+from shared.service import POOL, Service
+from tests.gateway_city import Phone, behind_a_gateway
 from tests.support import REPO, eventually, free_port
 
 
@@ -80,25 +76,13 @@ class City:
 async def running(
     config: PlatformConfig, transit: Service, gateway: Service, data_dir: Path, **settings: Any
 ) -> AsyncIterator[City]:
-    gateway_port = free_port()
-    gateway_url = f"http://127.0.0.1:{gateway_port}"
-    auth = AuthConfig(jwks_url=f"{gateway_url}/.well-known/jwks.json")  # trusts the gateway only
-    transit_app = create_app(transit, dataclasses.replace(config, auth=auth))
+    clients = parse_clients(demo.registry(data_dir).read_text())
     async with contextlib.AsyncExitStack() as stack:
-        transit_server = await stack.enter_async_context(TestServer(transit_app))
-        clients = parse_clients(demo.registry(data_dir).read_text())
-        gateway_settings = GatewayConfig(
-            public_url=gateway_url, clients=clients,
-            upstreams={"transit": str(transit_server.make_url("")).rstrip("/")}, **settings,
-        )  # fmt: skip
-        gateway_app = create_app(
-            dataclasses.replace(gateway, add_routes=functools.partial(
-                add_routes, settings=gateway_settings)),
-            dataclasses.replace(config, port=gateway_port),
-        )  # fmt: skip
-        await stack.enter_async_context(TestServer(gateway_app, port=gateway_port))
+        gateway_url, apps = await behind_a_gateway(
+            stack, config, gateway, {"transit": transit}, clients, **settings
+        )
         http = await stack.enter_async_context(aiohttp.ClientSession())
-        yield City(gateway_url, transit_app, http, data_dir)
+        yield City(gateway_url, apps["transit"], http, data_dir)
 
 
 @pytest.fixture
