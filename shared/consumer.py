@@ -98,6 +98,9 @@ def _runs(items: list[_Item], batched: Mapping[type[Event], BatchHandler]) -> li
     return runs
 
 
+LINGER_S = 0.005
+
+
 class Consumer:
     """One consumer (this process) of one group on one topic."""
 
@@ -260,6 +263,10 @@ class Consumer:
         if not entries:
             self._settled.add(stream)  # nothing of ours is pending until a failure or a claim
             entries = await self._read(stream, ">", count, block=self.config.block_ms)
+            if 0 < len(entries) < count // 2:
+                # A trickle: let a few more arrive, so that one commit covers them all.
+                await asyncio.sleep(LINGER_S)
+                entries += await self._read(stream, ">", count - len(entries), block=None)
         ok = await self._process(stream, entries) if entries else True
         if not ok:
             self._settled.discard(stream)
