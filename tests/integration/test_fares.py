@@ -146,6 +146,11 @@ async def test_a_journey_re_priced_lower_is_refunded_the_difference_and_an_old_s
     account = await fund(wallet, "rider-4", 1000)
     journey = uuid.uuid4()
     await state(transit, due("rider-4", 500, journey, version=1))  # incomplete: the most
+    await eventually(
+        lambda: fare_transfers(wallet, journey),
+        lambda moved: moved == [(TransferCode.FARE, 500)],
+        what="charged 5.00",
+    )  # (had both come in one batch, the wallet would rightly take only the newest: 2.00)
     await state(transit, due("rider-4", 200, journey, version=2))  # its exit came late
     await state(transit, due("rider-4", 500, journey, version=1))  # redelivered, out of date
     await eventually(
