@@ -135,6 +135,15 @@ class Phone:
         claims = {"aud": token_url, "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
         return jwt.encode(claims, self.key, "EdDSA", headers={"jwk": self.jwk})
 
+    async def signed_in(self, http: aiohttp.ClientSession, gateway_url: str) -> str:
+        """The rider's access token from the gateway at ``gateway_url``, signed in now."""
+        token_url = f"{gateway_url}/oauth/token"
+        form = {"grant_type": JWT_BEARER, "assertion": self.sign_in(token_url, int(time.time()))}
+        async with http.post(token_url, data=form) as answer:
+            assert answer.status == 200, await answer.text()
+            token: str = (await answer.json())["access_token"]
+        return token
+
     def proof(self, method: str, url: str, token: str, now: int) -> str:
         """A DPoP proof (RFC 9449 §4.2) for one request with ``token``."""
         ath = b64url(hashlib.sha256(token.encode()).digest())

@@ -26,7 +26,7 @@ from jwt.utils import base64url_decode
 from services.gateway import demo
 from services.gateway.client import GatewayClient
 from services.gateway.clients import parse_clients
-from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS, JWT_BEARER
+from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS
 from services.identity import holder
 from services.identity.credentials import public_jwk
 from services.transit import ridecode
@@ -83,11 +83,7 @@ class Rider:
         self.token = self.subject = self.city_id = ""
 
     async def sign_in(self) -> Rider:
-        token_url = f"{self.city.gateway_url}/oauth/token"
-        form = {"grant_type": JWT_BEARER, "assertion": self.phone.sign_in(token_url, now())}
-        async with self.city.http.post(token_url, data=form) as answer:
-            assert answer.status == 200, await answer.text()
-            self.token = (await answer.json())["access_token"]
+        self.token = await self.phone.signed_in(self.city.http, self.city.gateway_url)
         self.subject = str(jwt.decode(self.token, options={"verify_signature": False})["sub"])
         return self
 

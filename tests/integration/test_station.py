@@ -29,7 +29,7 @@ from services.gateway import demo
 from services.gateway.clients import parse_clients
 from services.gateway.config import DEFAULT_LIMITS
 from services.gateway.ratelimit import Limit
-from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS, JWT_BEARER
+from services.gateway.tokens import CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS
 from services.transit import ridecode, store
 from services.transit.station import Bank, StationSettings, run
 from services.transit.uplink import TAPS, GateClient, Uplink
@@ -103,11 +103,7 @@ class Rider:
         self.counter = 0
 
     async def enrol(self) -> Rider:
-        token_url = f"{self.city.gateway_url}/oauth/token"
-        form = {"grant_type": JWT_BEARER, "assertion": self.phone.sign_in(token_url, now())}
-        async with self.city.http.post(token_url, data=form) as answer:
-            assert answer.status == 200, await answer.text()
-            self.token = (await answer.json())["access_token"]
+        self.token = await self.phone.signed_in(self.city.http, self.city.gateway_url)
         self.subject = jwt.decode(self.token, options={"verify_signature": False})["sub"]
         answer_body = await self.call("POST", "/v1/transit/credentials",
                                       json={"device_jwk": self.phone.jwk})  # fmt: skip
