@@ -75,7 +75,7 @@ async def _issuer(app: web.Application) -> AsyncIterator[None]:
     app[KEYRING] = keyring
     async with rounds(
         (KEYRING_REFRESH_S, keyring.refresh, "key rotation"),
-        (float(app[SETTINGS].feed_check_s), app[FARES].check, "fare feed check"),
+        (app[SETTINGS].feed_check_s, app[FARES].check, "fare feed check"),
         retry_on=SERVER_FAILURES,
     ):
         yield

@@ -50,7 +50,7 @@ class IdentityDesk:
             "POST", "/v1/identity/requests", json.dumps(body).encode()
         )
         if answer.status != 201:
-            raise _unavailable(f"identity refused the request ({answer.status})")
+            raise unavailable(f"identity refused the request ({answer.status})")
         created: dict[str, Any] = json.loads(answer.body)
         return created
 
@@ -58,7 +58,7 @@ class IdentityDesk:
         """Identity's answer to the request: None while it is pending."""
         answer = await self._gateway.request("GET", f"/v1/identity/requests/{request_id}")
         if answer.status != 200:
-            raise _unavailable(f"identity did not answer ({answer.status})")
+            raise unavailable(f"identity did not answer ({answer.status})")
         result = json.loads(answer.body)
         if result["state"] == "pending":
             return None
@@ -82,6 +82,7 @@ def claim(category: str) -> tuple[str, ...]:
     return CONCESSIONS[category]
 
 
-def _unavailable(detail: str) -> Problem:
+def unavailable(detail: str) -> Problem:
+    """Identity cannot be asked now: the rider may try again shortly."""
     return Problem(503, "Service Unavailable", detail, type_=f"{PROBLEMS}/identity-unavailable",
                    headers={"Retry-After": "5"})  # fmt: skip

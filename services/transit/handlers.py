@@ -28,7 +28,7 @@ SETTINGS = web.AppKey("transit_config", TransitConfig)
 KEYRING = web.AppKey("transit_keyring", Keyring)
 FARES = web.AppKey("transit_fares", riding.Fares)
 IDENTITY_DESK = web.AppKey("transit_identity_desk", concessions.IdentityDesk)
-PROBLEMS = "https://cardless.dev/problems/transit"
+PROBLEMS = concessions.PROBLEMS
 MAX_TAPS = 2000
 MAX_CREDENTIALS = 20
 MAX_JOURNEYS = 100
@@ -164,7 +164,7 @@ async def claim_concession(request: web.Request) -> web.Response:
 def _desk(app: web.Application) -> concessions.IdentityDesk:
     desk = app.get(IDENTITY_DESK)
     if desk is None:
-        raise Problem(
+        raise Problem(  # a setting missing: no Retry-After, unlike identity being down
             503,
             "Service Unavailable",
             "concessions need transit's identity client (TRANSIT_IDENTITY_KEY)",

@@ -127,7 +127,8 @@ def _stamp(path: Path) -> tuple[tuple[str, int, int], ...]:
     """What changes when a feed is republished: each file's name, size and modification time."""
     try:
         files = sorted(path.iterdir()) if path.is_dir() else [path]
-        return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+        stats = [(f.name, f.stat()) for f in files]
+        return tuple((name, st.st_mtime_ns, st.st_size) for name, st in stats)
     except OSError:
         return ()
 
@@ -202,8 +203,8 @@ def _decide(
             changes.append(_Change(rider.subject, journey.journey_id, version, was, due, currency))
         if _changed(row, journey, category, quote, version):
             decided.append(store.Decided(rider.pseudonym, journey, category, quote, due, version))
-        if journey.priced and quote.amount_minor is None:
-            log.warning("journey fare unknown: not charged", extra={"reason": quote.reason})
+            if journey.priced and quote.amount_minor is None:  # once, not at each re-pricing
+                log.warning("journey fare unknown: not charged", extra={"reason": quote.reason})
     kept, superseded = {journey.journey_id for journey in journeys}, []
     for row in rider.before.values():
         if row["journey_id"] in kept or row["kind"] == Kind.SUPERSEDED:
