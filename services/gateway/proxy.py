@@ -18,12 +18,12 @@ import time
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, MultiMapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
+from services.gateway.http1 import Pool, UpstreamError
 from services.gateway.resilience import (
     BREAKER_STATE_VALUES,
     BreakerState,
@@ -57,9 +57,6 @@ _NOT_RETURNED = _HOP_BY_HOP | {"content-length"}
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BACKOFF_BASE_S = 0.005
 _BACKOFF_CAP_S = 0.05
-_DNS_TTL_S = 10
-# Headers aiohttp would invent; a proxy sends only what the client sent.
-_NO_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 class ProxyMetrics:
@@ -108,12 +105,11 @@ class ProxyMetrics:
 
 @dataclass(frozen=True, slots=True)
 class Upstream:
-    """A service behind the gateway: its base URL (no trailing slash), breaker and pool."""
+    """A service behind the gateway: its name, breaker and pool of connections."""
 
     name: str
-    base_url: str
     breaker: CircuitBreaker
-    session: aiohttp.ClientSession
+    pool: Pool
 
 
 class Upstreams:
@@ -137,7 +133,7 @@ class Upstreams:
         for name, url in urls.items():
             breaker = CircuitBreaker(breaker_threshold, breaker_open_s, monotonic)
             upstreams[name] = Upstream(
-                name, _base_url(name, url), breaker, _session(connections_per_upstream)
+                name, breaker, Pool(_base_url(name, url), connections=connections_per_upstream)
             )
         return cls(upstreams)
 
@@ -149,7 +145,7 @@ class Upstreams:
 
     async def close(self) -> None:
         for upstream in self._by_name.values():
-            await upstream.session.close()
+            await upstream.pool.close()
 
 
 def _base_url(name: str, url: str) -> str:
@@ -157,22 +153,6 @@ def _base_url(name: str, url: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host or parsed.raw_query_string:
         raise ValueError(f"upstream {name}: expected http(s)://host:port[/prefix], got {url!r}")
     return url.rstrip("/")
-
-
-def _session(connections: int) -> aiohttp.ClientSession:
-    # force_close=False keeps connections alive; aiohttp's client drops idle ones after 15 s,
-    # before an aiohttp service does (75 s), so a reused connection is rarely closed under us.
-    connector = aiohttp.TCPConnector(
-        limit=connections, limit_per_host=0, ttl_dns_cache=_DNS_TTL_S, force_close=False
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),  # the forward's own deadline governs
-        auto_decompress=False,  # bodies pass through as the service encoded them
-        cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies must never reach another
-        skip_auto_headers=_NO_AUTO_HEADERS,
-        trust_env=False,
-    )
 
 
 class Forwarder:
@@ -207,7 +187,7 @@ class Forwarder:
         client's; ``KeyError`` for an upstream that was never created.
         """
         target = self._upstreams[upstream]
-        url = _upstream_url(target.base_url, request.rel_url)
+        url = _request_target(request.rel_url)
         outgoing = _request_headers(request, headers)
         self._budget.record_request()
         try:
@@ -222,7 +202,7 @@ class Forwarder:
         self,
         target: Upstream,
         method: str,
-        url: URL,
+        url: str,
         headers: CIMultiDict[str],
         body: bytes,
         retryable: bool,
@@ -253,22 +233,19 @@ class Forwarder:
         )
 
     async def _attempt(
-        self, target: Upstream, method: str, url: URL, headers: CIMultiDict[str], body: bytes
+        self, target: Upstream, method: str, url: str, headers: CIMultiDict[str], body: bytes
     ) -> web.Response | None:
         """One try: the upstream's answer, or None when it could not be reached or broke off."""
         started = time.perf_counter()
         code: int | str = "timeout"
         try:
-            async with target.session.request(
-                method, url, headers=headers, data=body or None, allow_redirects=False
-            ) as answer:
-                payload = await answer.read()
+            answer = await target.pool.request(method, url, headers.items(), body)
             code = status = answer.status
-        except aiohttp.ClientError as error:
+        except UpstreamError as error:
             code = "error"
-            # The class and OS reason only: a message may quote the URL, and with it an id.
-            reason = getattr(error, "strerror", None) or type(error).__name__
-            log.info("upstream attempt failed", extra={"upstream": target.name, "error": reason})
+            log.info(
+                "upstream attempt failed", extra={"upstream": target.name, "error": str(error)}
+            )
             self._settle(target, success=False)
             return None
         except asyncio.CancelledError:
@@ -282,7 +259,7 @@ class Forwarder:
         return web.Response(
             status=status,
             reason=answer.reason,
-            body=payload,
+            body=answer.body,
             headers=_response_headers(answer.headers, keep_length=method == "HEAD"),
         )
 
@@ -295,11 +272,10 @@ class Forwarder:
             log.warning("circuit breaker changed", extra={"upstream": target.name, "state": after})
 
 
-def _upstream_url(base_url: str, target: URL) -> URL:
-    """The upstream's URL for the request's path and query exactly as the client encoded them."""
+def _request_target(target: URL) -> str:
+    """The path and query exactly as the client encoded them."""
     query = target.raw_query_string
-    path = target.raw_path
-    return URL(f"{base_url}{path}?{query}" if query else base_url + path, encoded=True)
+    return f"{target.raw_path}?{query}" if query else target.raw_path
 
 
 def _request_headers(request: web.Request, extra: Mapping[str, str]) -> CIMultiDict[str]:
@@ -311,12 +287,12 @@ def _request_headers(request: web.Request, extra: Mapping[str, str]) -> CIMultiD
     return headers
 
 
-def _response_headers(headers: CIMultiDictProxy[str], *, keep_length: bool) -> CIMultiDict[str]:
+def _response_headers(headers: list[tuple[str, str]], *, keep_length: bool) -> CIMultiDict[str]:
     # A HEAD answer has no body: its Content-Length describes the GET's and passes through.
-    return _end_to_end(headers, _HOP_BY_HOP if keep_length else _NOT_RETURNED)
+    return _end_to_end(CIMultiDict(headers), _HOP_BY_HOP if keep_length else _NOT_RETURNED)
 
 
-def _end_to_end(headers: CIMultiDictProxy[str], drop: Collection[str]) -> CIMultiDict[str]:
+def _end_to_end(headers: MultiMapping[str], drop: Collection[str]) -> CIMultiDict[str]:
     """``headers`` without ``drop``, Proxy-* and whatever the Connection field names."""
     listed = headers.get("Connection")
     named = {token.strip().lower() for token in listed.split(",")} if listed else ()
