@@ -18,11 +18,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import Counter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.gateway import docs, openapi
@@ -32,6 +29,7 @@ from services.gateway.config import GatewayConfig
 from services.gateway.proxy import Forwarder, ProxyMetrics, Upstreams
 from services.gateway.ratelimit import RateLimiter, RateLimitUnavailable, headers
 from services.gateway.resilience import InFlightLimit, RetryBudget, shedding
+from services.gateway.resp import RespPipe
 from services.gateway.routes import FAIL_OPEN_CLASSES, ROUTES, Route
 from services.gateway.tokens import TokenEndpoint, TokenKeys, TokenSettings
 from shared import context, http
@@ -148,12 +146,7 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
         ["class", "decision"],
         registry=app[http.METRICS].registry,
     )
-    limiter_redis = aioredis.Redis.from_url(
-        config.redis_url,
-        socket_timeout=LIMITER_TIMEOUT_S,
-        socket_connect_timeout=LIMITER_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 1),
-    )
+    limiter_redis = RespPipe(config.redis_url)
     async with aiohttp.ClientSession() as session, contextlib.aclosing(limiter_redis):
         verifiers, fetchers = _verifiers(settings, config.auth, own_keys, session, clock)
         upstreams = Upstreams.create(
@@ -178,7 +171,9 @@ async def _parts(app: web.Application) -> AsyncIterator[None]:
                 clock=clock,
                 trusted_scopes={external.issuer: external.scopes for external in settings.issuers},
             ),
-            limiter=RateLimiter(limiter_redis, Keys(config.bus.namespace)),
+            limiter=RateLimiter(
+                limiter_redis, Keys(config.bus.namespace), timeout_s=LIMITER_TIMEOUT_S
+            ),
             forwarder=Forwarder(
                 upstreams,
                 RetryBudget(ratio=settings.retry_budget_ratio_pct / 100),

@@ -17,11 +17,12 @@ import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
-import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError
+from hiredis import ReplyError
 
+from services.gateway.resp import RespPipe
 from shared.keys import Keys
 
 MAX_REQUESTS = 1_000_000  # per period of at least a second: an emission interval >= 1 us
@@ -139,33 +140,34 @@ def _check_range(field: str, value: int, maximum: int) -> None:
 class RateLimiter:
     """Checks requests against limits kept in Redis, shared by every gateway replica.
 
-    The checks the event loop reaches in one turn go to Redis together, as one pipeline of
-    ``EVALSHA`` calls: one round trip and one connection for all of them, where one call each
-    cost more than the rest of the gateway's work on a request. Nothing waits to fill a batch:
-    a lone request goes out at the end of its own turn.
+    Each check is one ``EVALSHA`` on a pipelined connection (``RespPipe``): the checks of one
+    event-loop turn reach Redis in one write, and nothing waits to fill a batch.
     """
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
-        self._redis, self._keys = redis, keys
+    def __init__(self, redis: RespPipe, keys: Keys, *, timeout_s: float = 0.25) -> None:
+        self._redis, self._keys, self._timeout_s = redis, keys, timeout_s
         self._sha = hashlib.sha1(_GCRA.encode(), usedforsecurity=False).hexdigest()
-        self._waiting: list[tuple[str, tuple[int, int, int], asyncio.Future[list[int]]]] = []
-        self._sending: set[asyncio.Task[None]] = set()
 
     async def check(self, client: str, route_class: str, limit: Limit, cost: int = 1) -> Decision:
         """Count a request of ``cost`` against ``limit``; a refused one is not counted.
 
         Raises ``ValueError`` if ``cost`` is outside 1..burst (it could never pass), and
-        ``RateLimitUnavailable`` if Redis cannot be asked.
+        ``RateLimitUnavailable`` if Redis cannot be asked within the timeout.
         """
         if not 1 <= cost <= limit.capacity:
             raise ValueError(f"cost must be from 1 to {limit.capacity}, got {cost}")
         emission = limit.emission_us
         key = self._keys.rate_limit(client, route_class)
-        reply: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        if not self._waiting:
-            asyncio.get_running_loop().call_soon(self._send)
-        self._waiting.append((key, (emission, limit.capacity * emission, cost * emission), reply))
-        allowed, remaining, reset_ms, retry_ms = (int(value) for value in await reply)
+        args = (emission, limit.capacity * emission, cost * emission)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await self._evalsha(key, args)
+        except OSError as exc:  # ConnectionError, TimeoutError
+            # The type only: the message could name the server, and the key names the client.
+            raise RateLimitUnavailable(f"rate limiter unavailable: {type(exc).__name__}") from exc
+        if isinstance(reply, ReplyError):
+            raise RateLimitUnavailable("rate limiter unavailable: the script failed")
+        allowed, remaining, reset_ms, retry_ms = (int(value) for value in reply)
         return Decision(
             allowed=allowed == 1,
             limit=limit.requests,
@@ -174,49 +176,16 @@ class RateLimiter:
             retry_after_s=_ceil_s(retry_ms),
         )
 
-    def _send(self) -> None:
-        batch, self._waiting = self._waiting, []
-        task = asyncio.create_task(self._ask(batch))
-        self._sending.add(task)  # kept until done: the loop holds tasks only weakly
-        task.add_done_callback(self._sending.discard)
-
-    async def _ask(
-        self, batch: list[tuple[str, tuple[int, int, int], asyncio.Future[list[int]]]]
-    ) -> None:
+    async def _evalsha(self, key: str, args: tuple[int, int, int]) -> Any:
         try:
-            replies = await self._evalsha([(key, args) for key, args, _ in batch])
-        except (RedisError, OSError) as exc:
-            # The type only: the message could name the server, and the key names the client.
-            error = RateLimitUnavailable(f"rate limiter unavailable: {type(exc).__name__}")
-            for _, _, reply in batch:
-                if not reply.done():
-                    reply.set_exception(error)
-            return
-        except BaseException as exc:  # cancelled at shutdown: nobody may wait forever
-            for _, _, reply in batch:
-                if not reply.done():
-                    reply.set_exception(RateLimitUnavailable(type(exc).__name__))
-            raise
-        for (_, _, reply), answer in zip(batch, replies, strict=True):
-            if not reply.done():  # its request may have been cancelled meanwhile
-                reply.set_result(answer)
-
-    async def _evalsha(self, calls: list[tuple[str, tuple[int, int, int]]]) -> list[list[int]]:
-        """The script's replies, loading it again if the server lost it (restart, failover)."""
-        for attempt in (1, 2):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for key, args in calls:
-                    pipe.evalsha(self._sha, 1, key, *args)
-                replies = await pipe.execute(raise_on_error=False)
-            lost = any(isinstance(r, NoScriptError) for r in replies)
-            if not lost:
-                break
-            if attempt == 1:
-                await self._redis.script_load(_GCRA)
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return replies
+            reply = await self._redis.call("EVALSHA", self._sha, 1, key, *args)
+        except ConnectionError:  # a connection lost (a server restart): once more, on a new one
+            reply = await self._redis.call("EVALSHA", self._sha, 1, key, *args)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):
+            # The server lost the script (a restart, a failover): load it again.
+            await self._redis.call("SCRIPT", "LOAD", _GCRA)
+            reply = await self._redis.call("EVALSHA", self._sha, 1, key, *args)
+        return reply
 
 
 def headers(decision: Decision, policy: str, limit: Limit) -> dict[str, str]:

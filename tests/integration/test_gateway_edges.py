@@ -28,6 +28,7 @@ from services.gateway.app import PARTS, SETTINGS, add_routes
 from services.gateway.clients import parse_clients
 from services.gateway.config import GatewayConfig
 from services.gateway.ratelimit import RateLimiter
+from services.gateway.resp import RespPipe
 from services.gateway.routes import ROUTES, Route
 from services.gateway.tokens import TokenEndpoint, TokenKeys, TokenSettings
 from shared.config import PlatformConfig
@@ -407,12 +408,7 @@ async def test_with_the_limiters_redis_away_money_is_refused_and_taps_pass(
     )
     token = await gateway.token()
     # Only the limiter loses Redis: the token endpoint and readiness keep theirs.
-    away = aioredis.Redis.from_url(
-        f"redis://127.0.0.1:{free_port()}",
-        socket_connect_timeout=0.25,
-        socket_timeout=0.25,
-        retry=Retry(NoBackoff(), 0),
-    )
+    away = RespPipe(f"redis://127.0.0.1:{free_port()}")
     stack.push_async_callback(away.aclose)
     assert gateway.app is not None
     gateway.app[PARTS].limiter = RateLimiter(away, Keys(config.bus.namespace))

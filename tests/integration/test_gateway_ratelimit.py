@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from services.gateway.ratelimit import (
     Decision,
@@ -20,6 +19,7 @@ from services.gateway.ratelimit import (
     headers,
     parse_limits,
 )
+from services.gateway.resp import RespPipe
 from shared.city import Servers
 from shared.keys import Keys
 from tests.support import eventually, free_port
@@ -29,16 +29,18 @@ FIVE_A_MINUTE = Limit(requests=5, period_s=60)
 
 
 @pytest.fixture
-def limiter(redis: aioredis.Redis, namespace: str) -> RateLimiter:
-    return RateLimiter(redis, Keys(namespace))
+async def limiter(servers: Servers, namespace: str) -> AsyncIterator[RateLimiter]:
+    pipe = RespPipe(servers.redis_url)
+    yield RateLimiter(pipe, Keys(namespace))
+    await pipe.aclose()
 
 
 @pytest.fixture
 async def other_replica(servers: Servers, namespace: str) -> AsyncIterator[RateLimiter]:
     """A second gateway replica: its own Redis connection, the same namespace."""
-    client = aioredis.Redis.from_url(servers.redis_url)
-    yield RateLimiter(client, Keys(namespace))
-    await client.aclose()
+    pipe = RespPipe(servers.redis_url)
+    yield RateLimiter(pipe, Keys(namespace))
+    await pipe.aclose()
 
 
 async def burst(limiter: RateLimiter, count: int, client: str = "gate-17") -> list[Decision]:
@@ -190,13 +192,60 @@ async def test_a_cost_above_the_burst_is_refused_before_asking_redis(
 
 
 async def test_redis_away_raises_rate_limit_unavailable(namespace: str) -> None:
-    # No retries: a stalled limiter would stall every gate behind it.
-    nobody = aioredis.Redis(port=free_port(), retry=Retry(NoBackoff(), 0))
+    nobody = RespPipe(f"redis://127.0.0.1:{free_port()}")
     try:
         with pytest.raises(RateLimitUnavailable, match="ConnectionError"):
             await RateLimiter(nobody, Keys(namespace)).check("gate-17", "taps", FIVE_A_MINUTE)
     finally:
         await nobody.aclose()
+
+
+async def test_a_redis_that_never_answers_is_given_up_on_at_the_timeout(namespace: str) -> None:
+    # A stalled limiter would stall every gate behind it.
+    # A server that takes the commands and answers nothing.
+    server = await asyncio.get_running_loop().create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    stalled = RespPipe(f"redis://127.0.0.1:{port}")
+    try:
+        limiter = RateLimiter(stalled, Keys(namespace), timeout_s=0.1)
+        with pytest.raises(RateLimitUnavailable, match="TimeoutError"):
+            await limiter.check("gate-17", "taps", FIVE_A_MINUTE)
+    finally:
+        await stalled.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_lost_connection_is_replaced_without_failing_the_request(
+    servers: Servers, redis: aioredis.Redis, namespace: str
+) -> None:
+    pipe = RespPipe(servers.redis_url)
+    limiter = RateLimiter(pipe, Keys(namespace))
+    try:
+        await limiter.check("gate-17", "taps", FIVE_A_MINUTE)
+        ours = await pipe.call("CLIENT", "ID")
+        killed = await redis.client_kill_filter(_id=ours)  # as a server restart would
+
+        after = await limiter.check("gate-17", "taps", FIVE_A_MINUTE)
+    finally:
+        await pipe.aclose()
+
+    assert killed == 1
+    assert (after.allowed, after.remaining) == (True, 3)
+
+
+async def test_the_database_named_in_the_url_holds_the_limits(
+    servers: Servers, namespace: str
+) -> None:
+    database_3 = urlsplit(servers.redis_url)._replace(path="/3").geturl()
+    pipe = RespPipe(database_3)
+    other_db = aioredis.Redis.from_url(database_3)
+    try:
+        await RateLimiter(pipe, Keys(namespace)).check("gate-17", "taps", FIVE_A_MINUTE)
+        assert await other_db.exists(Keys(namespace).rate_limit("gate-17", "taps")) == 1
+    finally:
+        await pipe.aclose()
+        await other_db.aclose()
 
 
 def test_limits_are_read_from_json() -> None:
