@@ -1,11 +1,11 @@
 """Consumers: apply a topic's events exactly once, in order per key.
 
 Each partition of a topic has one active consumer per group, chosen by a lease in Redis, so the
-events of one key are applied in stream order. A batch of entries is applied in one database
-transaction that also records their ids in the ``inbox``; ids already there are skipped, so a
-redelivery never applies twice. ``XACK`` follows the commit. An entry that cannot be decoded is
-dead-lettered at once; one whose handler keeps failing is retried alone (holding back the
-entries behind it, to keep their order) and dead-lettered after ``max_deliveries``.
+events of one key are applied in stream order. What the partitions read is applied in one
+database transaction that also records the entries' ids in the ``inbox``; ids already there are
+skipped, so a redelivery never applies twice. ``XACK`` follows the commit. An entry that cannot
+be decoded is dead-lettered at once; one whose handler keeps failing is retried alone (holding
+back the entries behind it, to keep their order) and dead-lettered after ``max_deliveries``.
 """
 
 from __future__ import annotations
@@ -86,6 +86,15 @@ class _Item:
     payload: Event
 
 
+@dataclass(frozen=True)
+class _Read:
+    """One partition's read, waiting to be applied with the other partitions' reads."""
+
+    stream: str
+    items: list[_Item]
+    applied: asyncio.Future[None]
+
+
 def _runs(items: list[_Item], batched: Mapping[type[Event], BatchHandler]) -> list[list[_Item]]:
     """Consecutive items of one batch-handled type together; every other item alone."""
     runs: list[list[_Item]] = []
@@ -96,9 +105,6 @@ def _runs(items: list[_Item], batched: Mapping[type[Event], BatchHandler]) -> li
         else:
             runs.append([item])
     return runs
-
-
-LINGER_S = 0.005
 
 
 class Consumer:
@@ -129,6 +135,9 @@ class Consumer:
             keys.stream(self.topic, p): keys.dead_letters(self.topic, p, group)
             for p in range(config.partitions)
         }
+        # Reads waiting for the next transaction, and the task that commits them.
+        self._waiting: list[_Read] = []
+        self._committer: asyncio.Task[None] | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Hold a fair share of partitions and work them until ``stopping`` is set."""
@@ -143,6 +152,8 @@ class Consumer:
                 await _wait(stopping, self.config.lease_ms / 3000)
         finally:
             await asyncio.gather(*workers.values(), return_exceptions=True)
+            if self._committer is not None:  # a worker whose lease was lost left its read in it
+                await asyncio.gather(self._committer, return_exceptions=True)
             await self._release_all()
 
     def _steer(self, workers: dict[int, asyncio.Task[None]], stopping: asyncio.Event) -> None:
@@ -233,6 +244,7 @@ class Consumer:
                     "consumer interrupted; retrying",
                     extra={"topic": self.topic, "partition": p, "error": repr(exc)},
                 )
+                self._settled.discard(stream)  # what was read may be pending: read it first
                 retrying = True
             if retrying:
                 await _wait(stopping, 0.2)
@@ -263,10 +275,6 @@ class Consumer:
         if not entries:
             self._settled.add(stream)  # nothing of ours is pending until a failure or a claim
             entries = await self._read(stream, ">", count, block=self.config.block_ms)
-            if 0 < len(entries) < count // 2:
-                # A trickle: let a few more arrive, so that one commit covers them all.
-                await asyncio.sleep(LINGER_S)
-                entries += await self._read(stream, ">", count - len(entries), block=None)
         ok = await self._process(stream, entries) if entries else True
         if not ok:
             self._settled.discard(stream)
@@ -289,7 +297,7 @@ class Consumer:
             except MalformedEvent as exc:
                 await self._dead_letter(stream, entry_id, fields, "malformed", str(exc))
         try:
-            await self._apply(stream, items)
+            await self._apply_with_others(stream, items)
             return True
         except TRANSIENT:
             raise
@@ -298,14 +306,48 @@ class Consumer:
                 return await self._failed(stream, items[0], exc)
         for item in items:
             try:
-                await self._apply(stream, [item])
+                await self._apply([(stream, [item])])
             except TRANSIENT:
                 raise
             except Exception as exc:  # noqa: BLE001 - logged, counted, dead-lettered at N
                 return await self._failed(stream, item, exc)
         return True
 
-    async def _apply(self, stream: str, items: list[_Item]) -> None:
+    async def _apply_with_others(self, stream: str, items: list[_Item]) -> None:
+        """Apply one partition's read in the next transaction, with what the other partitions
+        read meanwhile: one commit for many reads when busy, and no waiting when not."""
+        read = _Read(stream, items, asyncio.get_running_loop().create_future())
+        self._waiting.append(read)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(
+                self._commit_waiting(), name=f"{self.topic}.apply"
+            )
+        await read.applied
+
+    async def _commit_waiting(self) -> None:
+        """Apply the waiting reads together until none is left."""
+        while self._waiting:
+            reads, self._waiting = self._waiting, []
+            await self._apply_together(reads)
+
+    async def _apply_together(self, reads: list[_Read]) -> None:
+        """Apply reads in one transaction and tell each worker how its read went. When a
+        handler fails, each read is applied alone, so that no worker is told of another's."""
+        try:
+            await self._apply([(r.stream, r.items) for r in reads])
+        except Exception as exc:  # noqa: BLE001 - each worker deals with what its read raised
+            if len(reads) == 1 or isinstance(exc, TRANSIENT):
+                _settle(reads, exc)
+                return
+            for read in reads:
+                await self._apply_together([read])
+        else:
+            _settle(reads, None)
+
+    async def _apply(self, reads: list[tuple[str, list[_Item]]]) -> None:
+        """Apply entries of one or more partitions (each in stream order) in one transaction,
+        and acknowledge them once it has committed."""
+        items = [i for _, part in reads for i in part]
         if not items:
             return
         handled = [i for i in items if self.sub.handles(i.payload)]
@@ -320,7 +362,11 @@ class Consumer:
                 await self._handle(conn, run)
             self.failpoints.hit("consumer.before_commit")
         self.failpoints.hit("consumer.after_commit")
-        await self.redis.xack(stream, self.group, *[i.entry_id for i in items])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, part in reads:
+                if part:
+                    pipe.xack(stream, self.group, *[i.entry_id for i in part])
+            await pipe.execute()
         self.metrics.bus_applied.labels(self.topic, self.group).inc(len(handled))
 
     async def _handle(self, conn: Connection, run: list[_Item]) -> None:
@@ -379,3 +425,14 @@ class Consumer:
                 "reason": reason,
             },
         )
+
+
+def _settle(reads: list[_Read], error: Exception | None) -> None:
+    """Tell each read's worker (unless it was cancelled) that its read was applied, or why not."""
+    for read in reads:
+        if read.applied.done():
+            continue
+        if error is None:
+            read.applied.set_result(None)
+        else:
+            read.applied.set_exception(error)
