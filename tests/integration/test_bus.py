@@ -58,6 +58,18 @@ async def test_a_batch_handler_applies_runs_of_events_once_each_in_order(
         await write_notes_and_check_each_applied_once_in_order(client, pool, 60)
 
 
+async def test_after_a_lost_connection_a_key_is_still_applied_in_order(
+    client: TestClient, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What was read before the failure is pending: it must be applied before anything newer.
+    monkeypatch.setenv("NOTES_FLAKY_N", "3")
+    for n in range(10):
+        response = await client.post("/notes", json={"key": "rider-0", "n": n})
+        assert response.status == 201
+    rows = await eventually(lambda: applied(pool), lambda r: len(r) >= 10, what="all applied")
+    assert [r["n"] for r in rows] == list(range(10))
+
+
 async def test_an_event_of_a_rolled_back_transaction_never_leaves(
     client: TestClient, pool: asyncpg.Pool
 ) -> None:

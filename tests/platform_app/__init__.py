@@ -111,8 +111,21 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/notes/{id:\\d+}", read_note)
 
 
+def _flake_once(notes: list[NoteWritten]) -> None:
+    """The note numbered ``NOTES_FLAKY_N`` meets a lost connection the first time it is applied."""
+    flaky = os.environ.get("NOTES_FLAKY_N")
+    for note in notes:
+        if flaky is not None and note.n == int(flaky) and note.n not in _FLAKED:
+            _FLAKED.add(note.n)
+            raise ConnectionError("the database connection was lost (a test's flaky note)")
+
+
+_FLAKED: set[int] = set()
+
+
 async def apply_note(conn: Connection, event: Event, envelope: Envelope) -> None:
     assert isinstance(event, NoteWritten)
+    _flake_once([event])
     if envelope.key == os.environ.get("NOTES_POISON_KEY"):
         raise PoisonedNote(f"note {event.note_id} is poisoned")
     await conn.execute(
@@ -128,6 +141,7 @@ async def apply_notes(conn: Connection, events: list[tuple[Event, Envelope]]) ->
     if any(envelope.key == os.environ.get("NOTES_POISON_KEY") for _, envelope in events):
         raise PoisonedNote("a run holds a poisoned note")
     notes = [(e, env) for e, env in events if isinstance(e, NoteWritten)]
+    _flake_once([e for e, _ in notes])
     await conn.execute(
         "INSERT INTO applied (event_id, key, n)"
         " SELECT event_id, key, n FROM unnest($1::uuid[], $2::text[], $3::int[]) WITH ORDINALITY"
