@@ -16,8 +16,7 @@ import math
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jwt
 import msgspec
@@ -29,7 +28,6 @@ from cryptography.hazmat.primitives.asymmetric.ec import (
     EllipticCurvePublicKey,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 HASH_ALG = "sha-256"
 VC_TYP = "dc+sd-jwt"
@@ -70,16 +68,21 @@ MAX_DEPTH = 32
 SD, ELEMENT, SD_ALG = "_sd", "...", "_sd_alg"
 
 # base64url to the standard alphabet; the standard alphabet's own "+", "/" and padding map
-# to "!", which strict decoding refuses like any other stranger.
-_URL_TO_STANDARD = bytes.maketrans(b"-_+/=", b"+/!!!")
+# to "!", which strict decoding refuses like any other stranger, and so do the quote and the
+# backslash, so that the result reads as itself inside a JSON string (see _b64decode_standard).
+# "." is left alone: it separates a JWS's parts.
+_URL_TO_STANDARD = bytes.maketrans(b'-_+/="\\', b"+/!!!!!")
 _STANDARD_TO_URL = bytes.maketrans(b"+/", b"-_")
 _PADDING = (b"", b"", b"==", b"=")
 _JSON = msgspec.json.Decoder()
+_BASE64 = msgspec.json.Decoder(bytes)
 _CONTAINERS = (dict, list)
 # An encoding whose length is 2 or 3 mod 4 ends in a character with unused low bits; only a
 # canonical encoder's choice (those bits zero) is accepted, so each value has one spelling.
-_CANONICAL_LAST = (None, None, frozenset("AQgw"), frozenset("AEIMQUYcgkosw048"))
+_CANONICAL_LAST = (None, None, frozenset(b"AQgw"), frozenset(b"AEIMQUYcgkosw048"))
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+_P256 = ec.SECP256R1()
+_BYTE = [bytes((n,)) for n in range(256)]  # a DER length, as the one byte it takes
 
 
 class Rejected(Exception):
@@ -489,24 +492,22 @@ def _holder_key(
     kty, crv, x, y = jwk.get("kty"), jwk.get("crv"), jwk.get("x"), jwk.get("y")
     if not (isinstance(kty, str) and isinstance(crv, str) and isinstance(x, str)):
         raise Rejected("holder_key", "cnf.jwk lacks kty, crv or x")
-    if not isinstance(y, str | None):
+    if y is not None and not isinstance(y, str):
         raise Rejected("holder_key", "cnf.jwk has a y that is not a string")
     key, algorithm = _public_key(kty, crv, x, y)
     return jwk, key, algorithm
 
 
-# Building a public key validates the point (about a tenth of a signature check), and a
-# wallet presents the same key again and again, so keys are kept, boundedly. Only keys from
-# issuer-signed credentials get here, so a forger cannot flush the cache.
-@lru_cache(maxsize=1024)
+# Built anew for every presentation: each citizen's phone has its own key, so a cache of keys
+# would rarely hit, and its misses cost more (evicting, freeing cold keys) than its hits save.
 def _public_key(
     kty: str, crv: str, x: str, y: str | None
 ) -> tuple[EllipticCurvePublicKey | Ed25519PublicKey, str]:
     try:
-        if (kty, crv) == ("EC", "P-256") and y is not None:
+        if kty == "EC" and crv == "P-256" and y is not None:
             point = b"\x04" + _b64decode(x, "cnf.jwk x") + _b64decode(y, "cnf.jwk y")
-            return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point), "ES256"
-        if (kty, crv) == ("OKP", "Ed25519") and y is None:
+            return ec.EllipticCurvePublicKey.from_encoded_point(_P256, point), "ES256"
+        if kty == "OKP" and crv == "Ed25519" and y is None:
             return Ed25519PublicKey.from_public_bytes(_b64decode(x, "cnf.jwk x")), "EdDSA"
     except (Rejected, ValueError):
         raise Rejected("holder_key", "cnf.jwk is not a valid public key") from None
@@ -522,20 +523,35 @@ def _pinned_algorithm(key: object) -> str | None:
 def _signature_valid(
     key: EllipticCurvePublicKey | Ed25519PublicKey, algorithm: str, jws: _Jws
 ) -> bool:
+    """Whether ``key`` signed ``jws``; ``algorithm`` is the one the key is pinned to (by
+    ``IssuerKey`` or ``_public_key``), so it names the key's type."""
     signature = jws.signature
     try:
-        if algorithm == "ES256" and isinstance(key, EllipticCurvePublicKey):
+        if algorithm == "ES256":
             if len(signature) != 64:  # JWS carries raw r || s, never DER
                 return False
-            r, s = int.from_bytes(signature[:32]), int.from_bytes(signature[32:])
-            key.verify(encode_dss_signature(r, s), jws.signing_input, _ECDSA_SHA256)
+            der = _der_signature(signature)
+            cast(EllipticCurvePublicKey, key).verify(der, jws.signing_input, _ECDSA_SHA256)
             return True
-        if algorithm == "EdDSA" and isinstance(key, Ed25519PublicKey):
-            key.verify(signature, jws.signing_input)
+        if algorithm == "EdDSA":
+            cast(Ed25519PublicKey, key).verify(signature, jws.signing_input)
             return True
     except InvalidSignature:
         pass
     return False
+
+
+def _der_signature(raw: bytes) -> bytes:
+    """The DER ECDSA-Sig-Value of a JWS's 64-byte r || s, the form OpenSSL verifies: two
+    INTEGERs, each minimal and with a zero byte before a high bit (they are not negative)."""
+    r, s = raw[:32].lstrip(b"\x00"), raw[32:].lstrip(b"\x00")
+    if not r or r[0] & 0x80:
+        r = b"\x00" + r
+    if not s or s[0] & 0x80:
+        s = b"\x00" + s
+    return b"".join(
+        (b"\x30", _BYTE[len(r) + len(s) + 4], b"\x02", _BYTE[len(r)], r, b"\x02", _BYTE[len(s)], s)
+    )
 
 
 class _Unpacking:
@@ -552,17 +568,26 @@ class _Unpacking:
     def object(self, node: Mapping[str, Any], depth: int) -> dict[str, Any]:
         if depth > MAX_DEPTH:
             raise Rejected("malformed", "the payload nests too deeply")
-        claims = {
-            name: self.value(v, depth) if isinstance(v, _CONTAINERS) else v
-            for name, v in node.items()
-            if name != SD
-        }
-        digests = node.get(SD, ())
+        claims = dict(node)  # a copy, then only the objects and arrays in it replaced
+        for name, v in node.items():
+            if isinstance(v, dict) and name != SD:
+                claims[name] = self.object(v, depth + 1)
+            elif isinstance(v, list) and name != SD:
+                claims[name] = self._array(v, depth + 1)
+        digests = claims.pop(SD, ())
         if not isinstance(digests, (list, tuple)):
             raise Rejected("malformed", "an _sd is not an array of digests")
+        seen, by_digest = self._seen, self._by_digest
         for digest in digests:
-            content = self._content(digest)
-            if content is not None:  # else a decoy, or a claim the holder keeps to itself
+            # ``_content``'s accounting, inline: most digests are decoys or claims the holder
+            # keeps to itself, and an object can have dozens.
+            if not isinstance(digest, str):
+                raise Rejected("malformed", "a digest is not a string")
+            if digest in seen:
+                raise Rejected("digest_duplicate", "a digest appears twice in the payload")
+            seen.add(digest)
+            if digest in by_digest:
+                content = self._decoded(by_digest[digest])
                 value = content[2] if len(content) == 3 else None
                 name = _member_name(content, claims, depth)
                 claims[name] = self.value(value, depth) if isinstance(value, _CONTAINERS) else value
@@ -603,8 +628,9 @@ class _Unpacking:
             raise Rejected("digest_duplicate", "a digest appears twice in the payload")
         seen.add(digest)
         encoded = self._by_digest.get(digest)
-        if encoded is None:
-            return None
+        return None if encoded is None else self._decoded(encoded)
+
+    def _decoded(self, encoded: str) -> list[Any]:
         self._used += 1
         content = _json(_b64decode(encoded, "Disclosure"), "Disclosure")
         if not isinstance(content, list) or not content or not isinstance(content[0], str):
@@ -643,31 +669,40 @@ def _by_digest(disclosures: Sequence[str]) -> dict[str, str]:
 
 
 def _parse_jws(token: str, what: str) -> _Jws:
-    parts = token.split(".")
+    # One encoding and one translation serve the three parts and the signing input. A
+    # non-ASCII character becomes "?", which base64 refuses in the part where it stood.
+    raw = token.encode("ascii", "replace")
+    parts = raw.translate(_URL_TO_STANDARD).split(b".")
     if len(parts) != 3:
         raise Rejected("malformed", f"the {what} is not three dot-separated parts")
     header, payload = (
-        _json(_b64decode(parts[0], what), what),
-        _json(_b64decode(parts[1], what), what),
+        _json(_b64decode_standard(parts[0], what), what),
+        _json(_b64decode_standard(parts[1], what), what),
     )
     if type(header) is not dict or type(payload) is not dict:
         raise Rejected("malformed", f"the {what}'s header or payload is not a JSON object")
     if "crit" in header:  # we understand no extension, so none can be critical
         raise Rejected("malformed", f"the {what} names critical extensions")
-    signature = _b64decode(parts[2], what)
-    return _Jws(header, payload, token[: token.rindex(".")].encode("ascii"), signature)
+    signature = _b64decode_standard(parts[2], what)
+    return _Jws(header, payload, raw[: raw.rindex(b".")], signature)
 
 
 def _b64decode(text: str, what: str) -> bytes:
     """Strict base64url: the URL alphabet only, no padding, one spelling per value."""
-    remainder = len(text) % 4
+    return _b64decode_standard(text.encode("ascii", "replace").translate(_URL_TO_STANDARD), what)
+
+
+def _b64decode_standard(standard: bytes, what: str) -> bytes:
+    """``_b64decode`` of a text already translated to the standard alphabet."""
+    remainder = len(standard) % 4
     try:
-        standard = text.encode("ascii").translate(_URL_TO_STANDARD) + _PADDING[remainder]
-        decoded = binascii.a2b_base64(standard, strict_mode=True)
-    except (UnicodeEncodeError, binascii.Error):
+        # msgspec decodes base64 as strictly as binascii, twice as fast, from a JSON string;
+        # the translation left no quote or backslash, so the string is the text unchanged.
+        decoded = _BASE64.decode(b"".join((b'"', standard, _PADDING[remainder], b'"')))
+    except msgspec.MsgspecError:
         raise Rejected("malformed", f"the {what} is not base64url") from None
     last = _CANONICAL_LAST[remainder]
-    if last is not None and text[-1] not in last:
+    if last is not None and standard[-1] not in last:
         raise Rejected("malformed", f"the {what} is not canonical base64url")
     return decoded
 

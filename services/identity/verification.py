@@ -142,7 +142,7 @@ class Verifier:
 
 def _one_presentation(vp_token: Any, query_id: str) -> str | None:
     """OpenID4VP 1.0 §8.1: ``vp_token`` maps the credential query's id to presentations."""
-    if not isinstance(vp_token, dict) or set(vp_token) != {query_id}:
+    if not isinstance(vp_token, dict) or len(vp_token) != 1 or query_id not in vp_token:
         return None
     presentations = vp_token[query_id]
     if not isinstance(presentations, list) or len(presentations) != 1:
