@@ -29,6 +29,16 @@ async def wait_for_stop(stopping: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(stopping.wait(), timeout=seconds)
 
 
+async def wait_for_first(*events: asyncio.Event, seconds: float) -> None:
+    """Pause until one of ``events`` is set, or for ``seconds`` at most."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
 async def every(
     seconds: float,
     work: Callable[[], Awaitable[object]],

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from shared import context
-from shared.clock import Clock
+from shared.clock import Clock, wait_for_first
 from shared.clock import wait_for_stop as _wait
 from shared.config import BusConfig
 from shared.db import Connection
@@ -127,7 +127,7 @@ class Relay:
                 while await self.publish_batch() == self.config.batch_size:
                     pass
                 # The timeout is a backstop for a lost notification; a stop must not wait for it.
-                await _first_set(self._wake, stopping, seconds=1.0)
+                await wait_for_first(self._wake, stopping, seconds=1.0)
         finally:
             await listener.remove_listener(channel, self._notified)
 
@@ -158,13 +158,3 @@ class Relay:
     async def backlog(self) -> int:
         value = await self.pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NULL")
         return int(value)
-
-
-async def _first_set(*events: asyncio.Event, seconds: float) -> None:
-    """Wait until one of ``events`` is set, or ``seconds`` have passed."""
-    waits = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()

@@ -126,13 +126,18 @@ class Pool:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; ``httptools`` calls the ``on_*`` methods as it parses."""
 
+    # The answer being parsed (see _reset).
+    _reason: bytes
+    _headers: list[tuple[str, str]]
+    _body: list[bytes]
+    _headers_done: bool
+
     def __init__(self) -> None:
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[Answer] | None = None
         self._expect_body = True
-        self._reason, self._headers, self._body = b"", list[tuple[str, str]](), list[bytes]()
-        self._headers_done = False
+        self._reset()
         self.closed = False
         self.reusable = False
 

@@ -19,7 +19,7 @@ from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from yarl import URL
 
@@ -279,7 +279,7 @@ def _request_target(target: URL) -> str:
 
 
 def _request_headers(request: web.Request, extra: Mapping[str, str]) -> CIMultiDict[str]:
-    headers = _end_to_end(request.headers, _NOT_FORWARDED)
+    headers = _end_to_end(request.headers.items(), _NOT_FORWARDED)
     if request.remote:
         headers["X-Forwarded-For"] = request.remote
     headers["X-Forwarded-Proto"] = request.scheme
@@ -289,15 +289,19 @@ def _request_headers(request: web.Request, extra: Mapping[str, str]) -> CIMultiD
 
 def _response_headers(headers: list[tuple[str, str]], *, keep_length: bool) -> CIMultiDict[str]:
     # A HEAD answer has no body: its Content-Length describes the GET's and passes through.
-    return _end_to_end(CIMultiDict(headers), _HOP_BY_HOP if keep_length else _NOT_RETURNED)
+    return _end_to_end(headers, _HOP_BY_HOP if keep_length else _NOT_RETURNED)
 
 
-def _end_to_end(headers: MultiMapping[str], drop: Collection[str]) -> CIMultiDict[str]:
-    """``headers`` without ``drop``, Proxy-* and whatever the Connection field names."""
-    listed = headers.get("Connection")
-    named = {token.strip().lower() for token in listed.split(",")} if listed else ()
+def _end_to_end(headers: Collection[tuple[str, str]], drop: Collection[str]) -> CIMultiDict[str]:
+    """``headers`` without ``drop``, Proxy-* and whatever the Connection fields name."""
+    named = {
+        token.strip().lower()
+        for name, value in headers
+        if name.lower() == "connection"
+        for token in value.split(",")
+    }
     out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
+    for name, value in headers:
         lower = name.lower()
         if lower in drop or lower in named or lower.startswith("proxy-"):
             continue
